@@ -1,0 +1,82 @@
+"""The ``lavic`` console script: one subcommand per pipeline stage.
+
+Each subcommand lives in its own module, which defines ``Args`` (a config dataclass whose fields
+are the flags) and ``run(args: Args) -> int``. Modules are imported only when their command
+runs, so ``lavic --help`` is instant and a command never pays for another's imports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+
+from lavic.config import add_dataclass_arguments, dataclass_from_namespace
+from lavic.errors import LavicError
+
+# command -> (module, one-line summary)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "check-data": ("lavic.data.check", "Validate a dataset and report the Recall@1 ceiling"),
+    "synthesize": ("lavic.data.synthetic", "Write a synthetic, visually grounded catalogue"),
+    "download-data": ("lavic.data.download", "Fetch the published Reddit-Amazon data files"),
+    "crawl": ("lavic.data.crawl", "Download item images concurrently into a checked snapshot"),
+    "build-tiny": ("lavic.model.tiny", "Build and pretrain the offline `tiny` backbone"),
+    "describe": ("lavic.distill.describe", "Write teacher descriptions with the base model"),
+    "distill": ("lavic.distill.train", "Stage 1: visual knowledge self-distillation"),
+    "encode": ("lavic.cache.encode", "Compute the item visual-token cache"),
+    "tune": ("lavic.tune.train", "Stage 2: recommendation prompt tuning"),
+    "evaluate": ("lavic.evaluation.evaluate", "Evaluate a tuned model on a split"),
+    "index": ("lavic.serving.index", "Build the retrieval index and token cache of a catalogue"),
+    "recommend": ("lavic.serving.recommend", "Recommend an item for a conversation"),
+    "serve": ("lavic.serving.app", "Serve the recommend API and web page"),
+    "demo": ("lavic.demo", "Run the whole pipeline on a synthetic catalogue"),
+}
+
+
+def _load(module_name: str):
+    return importlib.import_module(module_name)
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lavic", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module_name, summary) in COMMANDS.items():
+        p = sub.add_parser(name, help=summary, description=summary)
+        if name == only:
+            add_dataclass_arguments(p, _load(module_name).Args)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    if command is not None and command not in COMMANDS:
+        command = None
+    parser = build_parser(only=command)
+    namespace = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if namespace.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if namespace.command is None:
+        parser.print_help()
+        return 2
+    module = _load(COMMANDS[namespace.command][0])
+    try:
+        args = dataclass_from_namespace(module.Args, namespace)
+        return int(module.run(args) or 0)
+    except LavicError as exc:
+        print(f"lavic {namespace.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"lavic {namespace.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,181 @@
+"""Typed command configuration: a dataclass per command, YAML < command line, unknown keys rejected.
+
+Each field's ``help`` metadata is its ``--help`` text. A command's options come from its
+dataclass, so the flags, the YAML keys and the resolved config saved with an artefact are the
+same names.
+
+Example:
+    >>> @dataclass
+    ... class TrainArgs:
+    ...     lr: float = field(default=5e-5, metadata={"help": "learning rate"})
+    >>> parser = argparse.ArgumentParser()
+    >>> add_dataclass_arguments(parser, TrainArgs)
+    >>> args = dataclass_from_namespace(TrainArgs, parser.parse_args(["--lr", "1e-4"]))
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, TypeVar, get_args, get_origin
+
+import yaml
+
+from lavic.errors import LavicError
+from lavic.io import atomic_write_text
+
+T = TypeVar("T")
+
+
+def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
+    origin = get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in get_args(tp) if a is not type(None)]
+        if len(args) == 1 and len(get_args(tp)) == 2:
+            return args[0], True
+    return tp, False
+
+
+def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
+    """Add one ``--field`` option per dataclass field (defaults left to the dataclass)."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if not f.init or f.metadata.get("cli") is False:
+            continue
+        tp, optional = _unwrap_optional(hints[f.name])
+        help_text = f.metadata.get("help", "")
+        default = f.default if f.default is not dataclasses.MISSING else None
+        if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+            default = f.default_factory()  # type: ignore[misc]
+        kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS}
+        if help_text:
+            kwargs["help"] = f"{help_text} (default: {default!r})"
+        flag = f"--{f.name}"
+        if tp is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
+            continue
+        if get_origin(tp) is Literal:
+            kwargs["choices"] = list(get_args(tp))
+            kwargs["type"] = type(get_args(tp)[0])
+        elif get_origin(tp) in (list, tuple):
+            inner = get_args(tp)[0] if get_args(tp) else str
+            kwargs["nargs"] = "*" if optional else "+"
+            kwargs["type"] = inner
+        elif tp in (int, float, str):
+            kwargs["type"] = tp
+        elif tp is Path:
+            kwargs["type"] = Path
+        else:
+            kwargs["type"] = str
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:  # type: ignore[misc]
+            kwargs["help"] = help_text + " (required)"
+        parser.add_argument(flag, **kwargs)
+    parser.add_argument(
+        "--config",
+        dest="_config",
+        type=Path,
+        default=None,
+        help="YAML file giving any of these options; command-line flags override it",
+    )
+
+
+def _coerce(cls: type, name: str, value: Any, source: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    tp, optional = _unwrap_optional(hints[name])
+    if value is None:
+        if optional:
+            return None
+        raise LavicError(f"{source}: option {name!r} may not be null")
+    try:
+        if get_origin(tp) is Literal:
+            if value not in get_args(tp):
+                raise ValueError(f"must be one of {list(get_args(tp))}")
+            return value
+        if get_origin(tp) in (list, tuple):
+            if not isinstance(value, list | tuple):
+                raise ValueError("must be a list")
+            inner = get_args(tp)[0] if get_args(tp) else str
+            return [inner(v) for v in value]
+        if tp is bool:
+            if not isinstance(value, bool):
+                raise ValueError("must be true or false")
+            return value
+        if tp is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError("must be an integer")
+        if tp in (int, float, str, Path):
+            if tp in (int, float) and isinstance(value, bool):
+                raise ValueError(f"must be a {tp.__name__}")
+            return tp(value)
+    except (TypeError, ValueError) as exc:
+        raise LavicError(f"{source}: option {name!r}: {exc}") from None
+    return value
+
+
+def load_yaml_config(cls: type, path: Path) -> dict[str, Any]:
+    """Read a YAML mapping of option names to values; reject unknown keys and wrong types."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise LavicError(f"{path}: cannot read config: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise LavicError(f"{path}: not UTF-8 text ({exc.reason})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        raise LavicError(f"{path}{line}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise LavicError(f"{path}: top level must be a mapping of option names to values")
+    known = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(map(str, data)) - known)
+    if unknown:
+        raise LavicError(f"{path}: unknown option(s) {unknown}; known: {sorted(known)}")
+    return {k: _coerce(cls, k, v, str(path)) for k, v in data.items()}
+
+
+def dataclass_from_namespace(cls: type[T], namespace: argparse.Namespace) -> T:
+    """Build ``cls`` from defaults < YAML ``--config`` < explicit flags."""
+    values: dict[str, Any] = {}
+    config_path = getattr(namespace, "_config", None)
+    if config_path is not None:
+        values.update(load_yaml_config(cls, config_path))
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    values.update({k: v for k, v in vars(namespace).items() if k in names})
+    missing = [
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.init
+        and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING  # type: ignore[misc]
+        and f.name not in values
+    ]
+    if missing:
+        raise LavicError("missing required option(s): " + ", ".join(f"--{m}" for m in missing))
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as exc:
+        raise LavicError(str(exc)) from None
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """A YAML/JSON-safe dict of a config dataclass (paths as strings)."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if isinstance(value, Path):
+            value = str(value)
+        elif isinstance(value, tuple):
+            value = list(value)
+        out[f.name] = value
+    return out
+
+
+def save_config(config: Any, path: str | Path) -> None:
+    """Write the resolved config as YAML (atomically), loadable again with ``--config``."""
+    atomic_write_text(path, yaml.safe_dump(config_to_dict(config), sort_keys=False))

@@ -1,0 +1,57 @@
+"""Atomic file writes and safe path joins: a reader never sees half a file, and a name taken
+from data never escapes its folder."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+from lavic.errors import LavicError
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike[str], mode: str = "w", **kwargs: Any) -> Iterator[IO]:
+    """Open a temporary file beside ``path``; rename it onto ``path`` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode, **kwargs) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    with atomic_open(path, "w", encoding="utf-8") as handle:
+        handle.write(text)
+
+
+def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+def safe_join(root: str | os.PathLike[str], name: str) -> Path:
+    """Join a file ``name`` taken from data onto ``root``; refuse anything that would leave it.
+
+    Raises:
+        LavicError: if ``name`` is empty, absolute, has a path separator or a ``..`` part,
+            or resolves (through links) outside ``root``.
+    """
+    if not name or name in {".", ".."} or "/" in name or "\\" in name or "\x00" in name:
+        raise LavicError(f"unsafe file name {name!r}: must be a plain name inside {root}")
+    root_path = Path(root).resolve()
+    candidate = (root_path / name).resolve()
+    if candidate.parent != root_path:
+        raise LavicError(f"unsafe file name {name!r}: resolves outside {root}")
+    return candidate
