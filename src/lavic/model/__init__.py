@@ -1,0 +1,1 @@
+"""Backbone loading, item visual tokens, their insertion into the prompt, LoRA targeting."""

@@ -1,0 +1,81 @@
+"""Token batches for prompt -> target training and for scoring, with per-row label masking."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from lavic.constants import IGNORE_INDEX
+from lavic.errors import LavicError
+
+
+@dataclass
+class TokenBatch:
+    input_ids: torch.Tensor  # (B, T)
+    attention_mask: torch.Tensor  # (B, T), 1 for real tokens
+    labels: torch.Tensor | None  # (B, T), IGNORE_INDEX on prompt and padding
+    prompt_lengths: list[int]  # tokens of each row's prompt (before its target)
+    truncated_targets: int = 0  # rows whose target was cut to fit max_length
+
+
+def encode_prompt(tokenizer, prompt: str) -> list[int]:
+    """Prompt ids, with the tokenizer's BOS if it adds one."""
+    return tokenizer(prompt, add_special_tokens=True)["input_ids"]
+
+
+def encode_target(tokenizer, target: str) -> list[int]:
+    """Target ids followed by EOS: the model learns to stop (the EOS is a trained label)."""
+    return tokenizer(target, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+
+
+def build_batch(
+    tokenizer,
+    prompts: Sequence[str],
+    targets: Sequence[str] | None = None,
+    *,
+    max_length: int,
+    padding_side: str = "right",
+) -> TokenBatch:
+    """Tokenize prompt (+ target) per row and pad; labels only on each row's own target.
+
+    Each row's prompt length is measured on that row (the reference used the padded width
+    of the whole batch, wrong for every row but the longest), and padding is found from the
+    attention mask, never from the pad id, so an EOS target stays a label when pad == eos.
+
+    A target that does not fit is cut from its end and counted; a prompt that alone does not
+    fit raises (prompts are budgeted upstream by cutting the conversation, never a candidate).
+    """
+    rows: list[list[int]] = []
+    label_rows: list[list[int]] = []
+    prompt_lengths: list[int] = []
+    truncated = 0
+    for i, prompt in enumerate(prompts):
+        p = encode_prompt(tokenizer, prompt)
+        if len(p) >= max_length + (targets is None):
+            raise LavicError(f"prompt of {len(p)} tokens does not fit max_length={max_length}")
+        t = encode_target(tokenizer, targets[i]) if targets is not None else []
+        if len(p) + len(t) > max_length:
+            t = t[: max_length - len(p)]
+            truncated += 1
+        rows.append(p + t)
+        label_rows.append([IGNORE_INDEX] * len(p) + t)
+        prompt_lengths.append(len(p))
+    width = max(len(r) for r in rows)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(rows), width), dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+    for i, (r, lab) in enumerate(zip(rows, label_rows, strict=True)):
+        span = slice(0, len(r)) if padding_side == "right" else slice(width - len(r), width)
+        input_ids[i, span] = torch.tensor(r)
+        attention[i, span] = 1
+        labels[i, span] = torch.tensor(lab)
+    return TokenBatch(
+        input_ids=input_ids,
+        attention_mask=attention,
+        labels=labels if targets is not None else None,
+        prompt_lengths=prompt_lengths,
+        truncated_targets=truncated,
+    )
