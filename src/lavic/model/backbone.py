@@ -159,6 +159,9 @@ def build_tiny_random(seed: int = 0) -> Backbone:
     processor = LlavaNextProcessor(
         image_processor=image_processor, tokenizer=tokenizer, patch_size=8,
         vision_feature_select_strategy="default", image_token="<image>",
+        # CLIP's [CLS] position: without it the processor expands <image> to one token fewer
+        # than the model's features and the full-image-token path raises.
+        num_additional_image_tokens=1,
     )
     add_item_tokens(tokenizer, model)
     model.eval()
