@@ -1,0 +1,425 @@
+"""Turning a recommendation prompt into an answer: ``generate``, ``constrained`` or ``score``.
+
+* ``generate`` — the seed's greedy decoding of a few new tokens, then the answer is the first
+  candidate ID found in the text (the seed's regex ``B[A-Z0-9]{9}`` could never return the
+  numeric ISBN-style IDs, e.g. ``0060188782``, that real candidate lists hold). May be invalid.
+* ``constrained`` — greedy decoding where each step may only continue one of the candidates'
+  token sequences (a prefix trie over ``ID tokens + EOS``): always a candidate.
+* ``score`` — every candidate ranked by the log-likelihood of its answer (``ID tokens + EOS``,
+  the exact sequence prompt tuning trains on). The prompt is run once; its KV cache is
+  repeated for the K candidates, which are scored in one forward. Gives a full ranking.
+
+All three read the same batch: left-padded prompt ids with the items' visual tokens already
+inserted into the embeddings (:func:`prepare_prompts`), so row ``b``'s prompt always ends at
+the last column and its answer's positions continue from its own length.
+
+Shapes: B conversations, P prompt width, K candidates, L answer width, V vocabulary, D width.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+from lavic.model.backbone import unwrap
+from lavic.model.inputs import build_batch, encode_target
+from lavic.tune.module import embed_prompts
+
+Decoding = Literal["generate", "constrained", "score"]
+DECODINGS: tuple[str, ...] = ("generate", "constrained", "score")
+
+# The seed generated this many new tokens. Mistral's tokenizer spells digits one token each, so
+# a 10-digit ID is 11 tokens (with its leading "▁"): ``generate`` therefore allows at least the
+# longest candidate's answer length, never fewer than the seed's 10.
+SEED_MAX_NEW_TOKENS = 10
+
+# The fallback for an answer that names no candidate: something shaped like an Amazon ID
+# (ASIN or ISBN-10), recorded as an invalid prediction rather than dropped.
+GENERIC_ID_PATTERN = re.compile(r"(?<![A-Za-z0-9])[A-Z0-9]{10}(?![A-Za-z0-9])")
+
+
+# --------------------------------------------------------------------------------------------
+# Answer parsing (generate)
+# --------------------------------------------------------------------------------------------
+
+
+def parse_answer(text: str, candidates: Sequence[str]) -> str | None:
+    """The item a free-text answer names.
+
+    The candidate ID that occurs first in ``text`` (as a whole token: not inside a longer run
+    of letters and digits; on a tie the longest); if none occurs, the first 10-character
+    ID-like string (an invalid answer, kept so it is counted as such); else None.
+    """
+    best: tuple[int, int, str] | None = None  # (start, -length, id)
+    for candidate in dict.fromkeys(candidates):
+        pattern = r"(?<![A-Za-z0-9])" + re.escape(candidate) + r"(?![A-Za-z0-9])"
+        match = re.search(pattern, text)
+        if match is not None:
+            key = (match.start(), -len(candidate), candidate)
+            if best is None or key < best:
+                best = key
+    if best is not None:
+        return best[2]
+    match = GENERIC_ID_PATTERN.search(text)
+    return match.group(0) if match else None
+
+
+# --------------------------------------------------------------------------------------------
+# Candidate answers as token sequences, and their prefix trie (constrained)
+# --------------------------------------------------------------------------------------------
+
+
+def answer_token_ids(tokenizer, item_id: str) -> list[int]:
+    """The tokens of the answer ``item_id`` exactly as prompt tuning's target: ID + EOS."""
+    return encode_target(tokenizer, item_id)
+
+
+@dataclass
+class _Node:
+    children: dict[int, _Node] = field(default_factory=dict)
+    item_id: str | None = None  # set on the node reached by a complete answer (after EOS)
+
+
+class CandidateTrie:
+    """A prefix trie over the candidates' answer token sequences (each ends with EOS).
+
+    Walking it from the root and taking only allowed tokens can only spell a candidate's
+    answer; a candidate whose tokens are a prefix of another's is told apart by its EOS.
+    """
+
+    def __init__(self, sequences: dict[str, Sequence[int]]):
+        self.root = _Node()
+        self.depth = 0
+        for item_id, tokens in sequences.items():
+            if not tokens:
+                raise ValueError(f"candidate {item_id!r} has an empty answer")
+            node = self.root
+            for token in tokens:
+                node = node.children.setdefault(int(token), _Node())
+            if node.item_id is not None and node.item_id != item_id:
+                raise ValueError(
+                    f"candidates {node.item_id!r} and {item_id!r} tokenize identically"
+                )
+            if node.children:
+                raise ValueError(f"candidate {item_id!r}'s answer does not end the sequence")
+            node.item_id = item_id
+            self.depth = max(self.depth, len(tokens))
+
+    @classmethod
+    def from_candidates(cls, tokenizer, candidates: Sequence[str]) -> CandidateTrie:
+        return cls({c: answer_token_ids(tokenizer, c) for c in dict.fromkeys(candidates)})
+
+
+# --------------------------------------------------------------------------------------------
+# Prompt batches
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PromptBatch:
+    """Prompts of B conversations, left-padded, with item tokens inserted.
+
+    Attributes:
+        input_ids: ``(B, P)``.
+        attention_mask: ``(B, P)``, 1 on real tokens (left padding is 0).
+        inputs_embeds: ``(B, P, D)``: token embeddings, item placeholders overwritten.
+        lengths: ``(B,)`` real prompt tokens per row.
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    inputs_embeds: torch.Tensor
+    lengths: torch.Tensor
+
+    @property
+    def size(self) -> int:
+        return int(self.input_ids.shape[0])
+
+
+def prepare_prompts(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    item_embeds: Sequence[torch.Tensor | None],
+    *,
+    max_length: int,
+) -> PromptBatch:
+    """Tokenize, left-pad and embed ``prompts``.
+
+    Args:
+        model: the LLaVA-NeXT model (or a PeftModel around it).
+        tokenizer: its tokenizer with the item tokens.
+        prompts: one rendered recommendation prompt per conversation.
+        item_embeds: per prompt, ``(n_b, 5, D)`` visual tokens of the candidates it shows, in
+            prompt order, or None for a text-only prompt.
+        max_length: token budget of prompt + answer (the prompt must leave room).
+    """
+    batch = build_batch(tokenizer, prompts, max_length=max_length, padding_side="left")
+    device = unwrap(model).get_input_embeddings().weight.device
+    input_ids = batch.input_ids.to(device)
+    present = [e for e in item_embeds if e is not None and e.shape[0] > 0]
+    stacked = torch.cat([e.to(device) for e in present]) if present else None
+    with torch.no_grad():
+        embeds = embed_prompts(model, tokenizer, input_ids, stacked)  # tuning's own embedding
+    return PromptBatch(
+        input_ids=input_ids,
+        attention_mask=batch.attention_mask.to(device),
+        inputs_embeds=embeds,
+        lengths=torch.tensor(batch.prompt_lengths, device=device),
+    )
+
+
+def _prefill(model, batch: PromptBatch, *, logits_to_keep: int = 1):
+    """Run the prompts once: (last-position logits ``(B, V)`` in float32, the KV cache)."""
+    positions = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)  # (B, P)
+    out = model(
+        inputs_embeds=batch.inputs_embeds,
+        attention_mask=batch.attention_mask,
+        position_ids=positions,
+        use_cache=True,
+        logits_to_keep=logits_to_keep,
+    )
+    return out.logits[:, -1].float(), out.cache
+
+
+# --------------------------------------------------------------------------------------------
+# score: rank every candidate by log P(ID + EOS | prompt), prefix computed once
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Decoded:
+    """The answer for one conversation.
+
+    Attributes:
+        recommended: the predicted item (None when a generated answer names nothing).
+        response: the raw decoded answer text.
+        ranking: candidates best first (``score`` only).
+        scores: summed answer log-probabilities: aligned with ``ranking`` for ``score``; the
+            one decoded answer's for ``constrained`` and ``generate``.
+    """
+
+    recommended: str | None
+    response: str
+    ranking: list[str] | None = None
+    scores: list[float] | None = None
+
+
+@torch.no_grad()
+def score_candidates(
+    model, tokenizer, batch: PromptBatch, candidates: Sequence[Sequence[str]]
+) -> list[dict[str, float]]:
+    """Log-likelihood of each candidate's answer (ID tokens + EOS) after each prompt.
+
+    The prompt batch runs once with the cache on; the cache is repeated K times per row and
+    the K answers of every row run in one forward ``(B*K, L)``. Answers are right-padded; a
+    padded position only follows the real tokens, so (causal attention) it changes nothing.
+
+    Returns:
+        per conversation, ``{item_id: sum of log-probs}`` over its distinct candidates.
+    """
+    uniq = [list(dict.fromkeys(c)) for c in candidates]
+    k = max(len(u) for u in uniq)
+    answers = [[answer_token_ids(tokenizer, c) for c in u] for u in uniq]
+    width = max(len(a) for row in answers for a in row)
+    b = batch.size
+    device = batch.input_ids.device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    tokens = torch.full((b, k, width), pad, dtype=torch.long, device=device)  # (B, K, L)
+    real = torch.zeros((b, k, width), dtype=torch.bool, device=device)
+    for i, row in enumerate(answers):
+        for j, a in enumerate(row):
+            tokens[i, j, : len(a)] = torch.tensor(a, device=device)
+            real[i, j, : len(a)] = True
+
+    last_logits, cache = _prefill(model, batch)  # (B, V)
+    first = last_logits.log_softmax(-1)  # (B, V): log P(answer's first token | prompt)
+    logp = first.gather(1, tokens[:, :, 0]).unsqueeze(-1)  # (B, K, 1)
+    if width > 1:
+        cache.batch_repeat_interleave(k)  # every row's prefix K times: (B*K, ...)
+        flat = tokens.reshape(b * k, width)
+        mask = torch.cat(
+            [
+                batch.attention_mask.repeat_interleave(k, dim=0),
+                torch.ones((b * k, width), dtype=batch.attention_mask.dtype, device=device),
+            ],
+            dim=1,
+        )  # (B*K, P+L)
+        positions = batch.lengths.repeat_interleave(k).unsqueeze(1) + torch.arange(
+            width, device=device
+        )  # (B*K, L): each answer continues from its own prompt length
+        embeds = unwrap(model).get_input_embeddings()(flat)
+        out = model(
+            inputs_embeds=embeds,
+            attention_mask=mask,
+            position_ids=positions,
+            cache=cache,
+            use_cache=True,
+        )
+        rest = out.logits[:, :-1].float().log_softmax(-1)  # (B*K, L-1, V): predicts tokens 1..
+        rest = rest.gather(2, flat[:, 1:].unsqueeze(-1)).squeeze(-1).reshape(b, k, width - 1)
+        logp = torch.cat([logp, rest], dim=2)  # (B, K, L)
+    totals = (logp * real).sum(-1).cpu()  # (B, K)
+    return [{c: float(totals[i, j]) for j, c in enumerate(u)} for i, u in enumerate(uniq)]
+
+
+def rank(scores: dict[str, float]) -> list[str]:
+    """Items by score, best first; ties keep the candidate order."""
+    order = list(scores)
+    return sorted(order, key=lambda c: (-scores[c], order.index(c)))
+
+
+# --------------------------------------------------------------------------------------------
+# greedy decoding: generate (free, item tokens suppressed) and constrained (trie)
+# --------------------------------------------------------------------------------------------
+
+
+def _greedy(
+    model, tokenizer, batch: PromptBatch, max_steps: int, choose
+) -> tuple[list[list[int]], list[float]]:
+    """Greedy decoding with the KV cache.
+
+    ``choose(logits (B, V)) -> tokens (B,)`` picks each row's next token. A row stops at
+    EOS. Returns each row's tokens (EOS kept) and their summed log-probabilities under the
+    model's full distribution.
+    """
+    eos = tokenizer.eos_token_id
+    b = batch.size
+    device = batch.input_ids.device
+    logits, cache = _prefill(model, batch)
+    mask = batch.attention_mask
+    out: list[list[int]] = [[] for _ in range(b)]
+    logps = torch.zeros(b, dtype=torch.float64)
+    done = torch.zeros(b, dtype=torch.bool, device=device)
+    embed = unwrap(model).get_input_embeddings()
+    for step in range(max_steps):
+        chosen = choose(logits)  # (B,)
+        chosen = torch.where(done, torch.full_like(chosen, eos), chosen)
+        step_logp = logits.log_softmax(-1).gather(1, chosen.unsqueeze(1)).squeeze(1).cpu()
+        for i in range(b):
+            if not done[i]:
+                out[i].append(int(chosen[i]))
+                logps[i] += float(step_logp[i])
+        done = done | (chosen == eos)
+        if bool(done.all()) or step == max_steps - 1:
+            break
+        mask = torch.cat([mask, torch.ones((b, 1), dtype=mask.dtype, device=device)], dim=1)
+        positions = (batch.lengths + step).unsqueeze(1)  # (B, 1): right after each prompt
+        step_out = model(
+            inputs_embeds=embed(chosen.unsqueeze(1)),
+            attention_mask=mask,
+            position_ids=positions,
+            cache=cache,
+            use_cache=True,
+        )
+        logits, cache = step_out.logits[:, -1].float(), step_out.cache
+    return out, logps.tolist()
+
+
+@torch.no_grad()
+def generate_answers(
+    model, tokenizer, batch: PromptBatch, *, max_new_tokens: int, suppress_ids: Sequence[int]
+) -> list[tuple[str, float]]:
+    """Greedy free decoding of up to ``max_new_tokens`` tokens; ``suppress_ids`` (the item
+    tokens) are never produced.
+
+    Returns:
+        per conversation ``(decoded text with special tokens skipped, its log-probability)``.
+    """
+    suppress = torch.tensor(list(suppress_ids), dtype=torch.long, device=batch.input_ids.device)
+
+    def choose(logits):
+        logits = logits.clone()
+        logits[:, suppress] = float("-inf")
+        return logits.argmax(-1)
+
+    tokens, logps = _greedy(model, tokenizer, batch, max_new_tokens, choose)
+    return [
+        (tokenizer.decode(t, skip_special_tokens=True), lp)
+        for t, lp in zip(tokens, logps, strict=True)
+    ]
+
+
+@torch.no_grad()
+def constrained_answers(
+    model, tokenizer, batch: PromptBatch, candidates: Sequence[Sequence[str]]
+) -> list[tuple[str, str, float]]:
+    """Greedy decoding restricted to the candidates' answers; always a candidate.
+
+    Returns:
+        per conversation ``(item_id, decoded text, log-probability of its answer)``.
+    """
+    tries = [CandidateTrie.from_candidates(tokenizer, c) for c in candidates]
+    nodes = [t.root for t in tries]
+    eos = tokenizer.eos_token_id
+
+    def choose(logits):
+        picks = []
+        for i, node in enumerate(nodes):
+            if not node.children:  # finished (reached an answer's end)
+                picks.append(eos)
+                continue
+            allowed = torch.tensor(list(node.children), device=logits.device)
+            token = int(allowed[logits[i, allowed].argmax()])
+            nodes[i] = node.children[token]
+            picks.append(token)
+        return torch.tensor(picks, device=logits.device)
+
+    depth = max(t.depth for t in tries)
+    tokens, logps = _greedy(model, tokenizer, batch, depth, choose)
+    results = []
+    for node, toks, lp in zip(nodes, tokens, logps, strict=True):
+        if node.item_id is None:  # cannot happen: every trie path of full depth ends an answer
+            raise RuntimeError("constrained decoding stopped inside the candidate trie")
+        results.append((node.item_id, tokenizer.decode(toks, skip_special_tokens=True), lp))
+    return results
+
+
+def decode_batch(
+    model,
+    tokenizer,
+    batch: PromptBatch,
+    candidates: Sequence[Sequence[str]],
+    decoding: str,
+    *,
+    max_new_tokens: int | None = None,
+    suppress_ids: Sequence[int] = (),
+) -> list[Decoded]:
+    """Answer a batch of prompts with ``decoding`` (``generate``, ``constrained``, ``score``).
+
+    Args:
+        model, tokenizer: the backbone's.
+        batch: from :func:`prepare_prompts`.
+        candidates: each conversation's candidate IDs (prompt order).
+        decoding: the method.
+        max_new_tokens: ``generate``'s budget; default: the longest candidate answer's token
+            count, at least the seed's 10.
+        suppress_ids: tokens ``generate`` may never produce (the five item tokens).
+    """
+    if decoding == "score":
+        results = []
+        for scores in score_candidates(model, tokenizer, batch, candidates):
+            ranking = rank(scores)
+            results.append(Decoded(ranking[0], ranking[0], ranking, [scores[c] for c in ranking]))
+        return results
+    if decoding == "constrained":
+        return [
+            Decoded(item, text, scores=[lp])
+            for item, text, lp in constrained_answers(model, tokenizer, batch, candidates)
+        ]
+    if decoding == "generate":
+        if max_new_tokens is None:
+            longest = max(len(answer_token_ids(tokenizer, c)) for cs in candidates for c in cs)
+            max_new_tokens = max(SEED_MAX_NEW_TOKENS, longest)
+        answers = generate_answers(
+            model, tokenizer, batch, max_new_tokens=max_new_tokens, suppress_ids=suppress_ids
+        )
+        return [
+            Decoded(parse_answer(t, cs), t, scores=[lp])
+            for (t, lp), cs in zip(answers, candidates, strict=True)
+        ]
+    raise ValueError(f"unknown decoding {decoding!r}; choose from {DECODINGS}")
