@@ -1,0 +1,548 @@
+"""The recommendation service's core: the tuned model loaded once, conversations ranked in batches.
+
+A request is a conversation, optionally with its candidate item ids. Without candidates the
+retriever proposes the top k of the catalogue. The candidates are then ranked by the tuned
+model exactly as ``lavic evaluate --decoding score`` ranks them: the seed's prompt (each
+candidate as ``ID: title`` + its five visual tokens from the item-token cache), and each
+candidate's score is the log-likelihood of its ID (+ EOS) as the answer.
+
+Concurrent requests are micro-batched (:class:`MicroBatcher`): an asyncio queue collects
+requests for a few milliseconds, and one batched model call runs in a worker thread, so the
+event loop keeps accepting requests while the model runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+from lavic.constants import MISSING_TITLE
+from lavic.errors import LavicError
+from lavic.serving.index import ITEM_TOKENS_DIR, Catalogue, read_catalogue
+from lavic.serving.retrieval import RetrievalIndex
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TOP_K = 10
+DEFAULT_MAX_LENGTH = 2048  # the seed's prompt budget (prompt + answer)
+MAX_CANDIDATES = 50
+MAX_CONVERSATION_CHARS = 20_000
+
+
+class RequestError(LavicError):
+    """A request the service refuses (HTTP 422): bad candidates, empty conversation, ..."""
+
+
+class UnknownItemsError(RequestError):
+    """Candidate ids that are not in the catalogue."""
+
+    def __init__(self, item_ids: Sequence[str]):
+        self.item_ids = list(item_ids)
+        shown = ", ".join(repr(i[:40]) for i in self.item_ids[:5])
+        more = f" and {len(self.item_ids) - 5} more" if len(self.item_ids) > 5 else ""
+        super().__init__(f"unknown candidate item id(s): {shown}{more}")
+
+
+def normalise_conversation(text: str) -> str:
+    """A thread in the seed's format: plain text becomes ``<submission>text</submission>``.
+
+    Text that already holds a ``<submission>`` tag (as the published data and the web page
+    send) is kept byte for byte, so a conversation ranks exactly as ``lavic evaluate`` ranks it.
+    """
+    if "<submission>" in text:
+        return text
+    return f"<submission>{text.strip()}</submission>\n"
+
+
+@dataclass(frozen=True)
+class Query:
+    """One recommendation request.
+
+    Attributes:
+        conversation: the thread (plain text, or ``<submission>..</submission><comment>..``).
+        candidates: candidate item ids in the order shown to the model; None to retrieve.
+        top_k: how many items to retrieve when ``candidates`` is None.
+    """
+
+    conversation: str
+    candidates: tuple[str, ...] | None = None
+    top_k: int = DEFAULT_TOP_K
+
+
+@dataclass
+class ScoredCandidate:
+    item_id: str
+    title: str
+    score: float  # probability among the candidates (softmax of the log-likelihoods)
+    log_likelihood: float  # log P(ID + EOS | prompt), the model's ranking score
+    has_image: bool
+    retrieval_score: float | None = None  # cosine to the conversation, when retrieved
+
+
+@dataclass
+class Recommendation:
+    """The model's pick and the candidates it ranked, best first."""
+
+    item_id: str
+    title: str
+    score: float
+    candidates: list[ScoredCandidate]
+    retrieved: bool  # candidates came from the retriever
+    conversation_truncated: bool  # the conversation was cut to fit the prompt budget
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class BatchStats:
+    """Counts kept by the recommender (shown by ``GET /health``)."""
+
+    requests: int = 0
+    batches: int = 0
+    model_seconds: float = 0.0
+    batch_sizes: Counter = field(default_factory=Counter)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "requests": self.requests,
+            "batches": self.batches,
+            "mean_batch_size": self.requests / self.batches if self.batches else 0.0,
+            "model_seconds": round(self.model_seconds, 3),
+            "batch_sizes": {str(k): v for k, v in sorted(self.batch_sizes.items())},
+        }
+
+
+def _softmax(values: Sequence[float]) -> list[float]:
+    top = max(values)
+    exps = [math.exp(v - top) for v in values]
+    total = sum(exps)
+    return [e / total for e in exps]
+
+
+class Recommender:
+    """Ranks candidates for conversations with a tuned LaViC model (thread-safe, one at a time).
+
+    Args:
+        backbone: the tuned backbone (adapters merged), in eval mode.
+        cache: the item visual-token cache covering every catalogue item.
+        catalogue: the items that may be recommended.
+        retrieval: the retrieval index over the same items.
+        max_length: prompt + answer token budget (a long conversation is cut, never a candidate).
+        with_images: show each candidate's five visual tokens (False: the text-only ablation).
+        batch_size: conversations per model forward.
+        max_candidates: most candidates a request may give or retrieve.
+    """
+
+    def __init__(
+        self,
+        backbone,
+        cache,
+        catalogue: Catalogue,
+        retrieval: RetrievalIndex,
+        *,
+        max_length: int = DEFAULT_MAX_LENGTH,
+        with_images: bool = True,
+        batch_size: int = 8,
+        max_candidates: int = MAX_CANDIDATES,
+    ):
+        self.backbone = backbone
+        self.cache = cache
+        self.catalogue = catalogue
+        self.retrieval = retrieval
+        self.max_length = max_length
+        self.with_images = with_images
+        self.batch_size = batch_size
+        self.max_candidates = max_candidates
+        self.stats = BatchStats()
+        self._lock = threading.Lock()  # one model call at a time, whoever calls
+        missing = [i for i in retrieval.item_ids if i not in catalogue]
+        if missing:
+            raise LavicError(
+                f"retrieval index holds {len(missing)} item(s) missing from the "
+                f"catalogue (e.g. {missing[0]!r}): rebuild it with `lavic index`"
+            )
+
+    # -- loading
+
+    @classmethod
+    def load(
+        cls,
+        model_dir: str | os.PathLike[str],
+        index_dir: str | os.PathLike[str],
+        *,
+        embedder=None,
+        backbone=None,
+        max_length: int | None = None,
+        with_images: bool | None = None,
+        batch_size: int = 8,
+        max_candidates: int = MAX_CANDIDATES,
+        device: str | None = None,
+        dtype: str = "auto",
+    ) -> Recommender:
+        """Load the tuned model, the retrieval index and the item-token cache once.
+
+        ``model_dir`` is a tune artefact or the FINETUNE_OUTPUT_DIR holding it, as for
+        ``lavic evaluate``; the model is loaded as the evaluator loads it (``device`` /
+        ``dtype`` ``auto``: CUDA in bfloat16 if present, else CPU in float32). ``max_length``
+        defaults to the seed's 2,048 tokens (the evaluator's default); the prompt shows the
+        visual tokens unless the model was tuned text-only (``no_images`` in its config).
+        Items whose visual tokens are not cached for this model's vision adapter (another
+        model, a grown catalogue) are encoded now.
+
+        Raises:
+            LavicError: if the model or the index directory cannot be read.
+        """
+        from lavic.cache import adapter_fingerprint, build_item_token_cache
+        from lavic.data.images import ImageStats
+        from lavic.evaluation.evaluate import load_model, resolve_model_dir
+
+        catalogue = read_catalogue(index_dir)
+        retrieval = RetrievalIndex.load(index_dir, embedder=embedder)
+        model_dir = resolve_model_dir(Path(model_dir))
+        if max_length is None:
+            max_length = DEFAULT_MAX_LENGTH
+        if with_images is None:
+            with_images = not bool(_tuned_settings(model_dir).get("no_images", False))
+        if backbone is None:
+            # The evaluator's loader: same device and dtype choice, so picks match it.
+            backbone = load_model(model_dir, device=device or "auto", dtype=dtype)
+        stats = ImageStats()
+        cache = build_item_token_cache(
+            backbone,
+            list(catalogue.items),
+            catalogue.image_dir,
+            Path(index_dir) / ITEM_TOKENS_DIR,
+            fingerprint=adapter_fingerprint(model_dir),
+            batch_size=16,
+            stats=stats,
+        )
+        log.info(
+            "recommender ready: %d items, max_length=%d, images=%s",
+            len(catalogue),
+            max_length,
+            with_images,
+        )
+        return cls(
+            backbone,
+            cache,
+            catalogue,
+            retrieval,
+            max_length=max_length,
+            with_images=with_images,
+            batch_size=batch_size,
+            max_candidates=max_candidates,
+        )
+
+    # -- requests
+
+    def title(self, item_id: str) -> str:
+        item = self.catalogue.items.get(item_id)
+        return item.title if item is not None and item.title is not None else MISSING_TITLE
+
+    def check(self, query: Query) -> Query:
+        """Validate a query before it is queued; returns it with the conversation normalised.
+
+        Raises:
+            RequestError: empty or over-long conversation, bad ``top_k``, duplicate or too
+                many candidates; :class:`UnknownItemsError` for ids not in the catalogue.
+        """
+        if not query.conversation.strip():
+            raise RequestError("the conversation is empty")
+        if len(query.conversation) > MAX_CONVERSATION_CHARS:
+            raise RequestError(
+                f"the conversation has {len(query.conversation)} characters; "
+                f"at most {MAX_CONVERSATION_CHARS} are accepted"
+            )
+        if query.candidates is None:
+            if not 1 <= query.top_k <= self.max_candidates:
+                raise RequestError(f"top_k must be between 1 and {self.max_candidates}")
+            if not len(self.retrieval):
+                raise RequestError("the catalogue is empty: give candidates")
+        else:
+            if not query.candidates:
+                raise RequestError(
+                    "candidates is empty: give at least one, or leave it out to retrieve them"
+                )
+            if len(query.candidates) > self.max_candidates:
+                raise RequestError(
+                    f"{len(query.candidates)} candidates given; at most "
+                    f"{self.max_candidates} are accepted"
+                )
+            repeated = [i for i, n in Counter(query.candidates).items() if n > 1]
+            if repeated:
+                raise RequestError(f"candidate id {repeated[0][:40]!r} is given twice")
+            unknown = [i for i in query.candidates if i not in self.catalogue]
+            if unknown:
+                raise UnknownItemsError(unknown)
+        return Query(normalise_conversation(query.conversation), query.candidates, query.top_k)
+
+    def recommend(
+        self, conversation: str, candidates: Sequence[str] | None = None, top_k: int = DEFAULT_TOP_K
+    ) -> Recommendation:
+        """Rank ``candidates`` (or the top ``top_k`` retrieved items) for one conversation.
+
+        Raises:
+            RequestError: see :meth:`check`; LavicError if the prompt cannot fit.
+        """
+        query = Query(conversation, tuple(candidates) if candidates is not None else None, top_k)
+        result = self.recommend_batch([self.check(query)])[0]
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def recommend_batch(self, queries: Sequence[Query]) -> list[Recommendation | LavicError]:
+        """Rank a batch of checked queries; a query that fails gets its error in its place.
+
+        Retrieval embeds every query that needs it in one call; the model then runs in chunks
+        of ``batch_size`` prompts.
+        """
+        with self._lock:
+            start = time.perf_counter()
+            try:
+                return self._recommend_batch(queries)
+            finally:
+                self.stats.requests += len(queries)
+                self.stats.batches += 1
+                self.stats.batch_sizes[len(queries)] += 1
+                self.stats.model_seconds += time.perf_counter() - start
+
+    def _recommend_batch(self, queries: Sequence[Query]) -> list[Recommendation | LavicError]:
+        from lavic.tune.prompt import build_recommend_prompt
+
+        results: list[Recommendation | LavicError | None] = [None] * len(queries)
+        retrieved: dict[int, list[tuple[str, float]]] = {}
+        need = [i for i, q in enumerate(queries) if q.candidates is None]
+        if need:
+            k = max(queries[i].top_k for i in need)
+            hits = self.retrieval.search([queries[i].conversation for i in need], k)
+            for i, row in zip(need, hits, strict=True):
+                retrieved[i] = row[: queries[i].top_k]
+        prompts = []
+        for i, q in enumerate(queries):
+            ids = list(q.candidates) if q.candidates is not None else [h[0] for h in retrieved[i]]
+            try:
+                prompt = build_recommend_prompt(
+                    self.backbone.tokenizer,
+                    q.conversation,
+                    [(c, self.title(c)) for c in ids],
+                    max_length=self.max_length,
+                    with_images=self.with_images,
+                )
+            except LavicError as exc:
+                results[i] = exc
+                continue
+            prompts.append((i, prompt))
+        for start in range(0, len(prompts), self.batch_size):
+            chunk = prompts[start : start + self.batch_size]
+            scores = self._score([p for _, p in chunk])
+            for (i, prompt), row in zip(chunk, scores, strict=True):
+                results[i] = self._result(prompt, row, retrieved.get(i))
+        return results  # type: ignore[return-value]
+
+    def _score(self, prompts) -> list[dict[str, float]]:
+        """Per prompt, ``{item_id: log P(ID + EOS | prompt)}`` (one batched forward)."""
+        from lavic.evaluation.decoding import prepare_prompts, score_candidates
+
+        model, tokenizer = self.backbone.model, self.backbone.tokenizer
+        embeds = [
+            self.cache.get(list(p.candidate_ids)) if self.with_images else None for p in prompts
+        ]
+        batch = prepare_prompts(
+            model, tokenizer, [p.text for p in prompts], embeds, max_length=self.max_length
+        )
+        return score_candidates(model, tokenizer, batch, [list(p.candidate_ids) for p in prompts])
+
+    def _result(
+        self, prompt, scores: dict[str, float], retrieved: list[tuple[str, float]] | None
+    ) -> Recommendation:
+        from lavic.evaluation.decoding import rank
+
+        ranking = rank(scores)
+        probs = dict(zip(ranking, _softmax([scores[c] for c in ranking]), strict=True))
+        cosine = dict(retrieved) if retrieved is not None else {}
+        candidates = [
+            ScoredCandidate(
+                item_id=c,
+                title=self.title(c),
+                score=probs[c],
+                log_likelihood=scores[c],
+                has_image=self.catalogue.image_path(c) is not None,
+                retrieval_score=cosine.get(c),
+            )
+            for c in ranking
+        ]
+        best = candidates[0]
+        return Recommendation(
+            best.item_id,
+            best.title,
+            best.score,
+            candidates,
+            retrieved is not None,
+            prompt.truncated,
+        )
+
+
+def _tuned_settings(model_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """``max_length`` / ``no_images`` from the artefact's saved config, if it has them."""
+    import yaml
+
+    path = Path(model_dir) / "config.yaml"
+    if not path.is_file():
+        return {}
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        log.warning("%s: unreadable; using the default prompt settings", path)
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+# --------------------------------------------------------------------------------------------
+# Micro-batching
+# --------------------------------------------------------------------------------------------
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class MicroBatcher(Generic[T, R]):
+    """Collects concurrent requests for up to ``max_wait_ms`` and runs them as one batch.
+
+    ``fn(items) -> results`` runs in one worker thread, one batch at a time; a result that is
+    an ``Exception`` is raised to that request's caller alone. While a batch runs, new requests
+    queue up and form the next batch, so the batch size grows with the load by itself.
+
+    Args:
+        fn: the batched function (e.g. :meth:`Recommender.recommend_batch`).
+        max_batch: most requests per batch.
+        max_wait_ms: how long the first request of a batch waits for company.
+    """
+
+    def __init__(
+        self,
+        fn: Callable[[list[T]], Sequence[R | Exception]],
+        *,
+        max_batch: int = 16,
+        max_wait_ms: float = 5.0,
+    ):
+        if max_batch < 1:
+            raise ValueError("max_batch must be >= 1")
+        self.fn = fn
+        self.max_batch = max_batch
+        self.max_wait = max_wait_ms / 1000.0
+        self._queue: asyncio.Queue[tuple[T, asyncio.Future]] | None = None
+        self._task: asyncio.Task | None = None
+        self._executor: ThreadPoolExecutor | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    async def start(self) -> None:
+        if self.running:
+            return
+        self._queue = asyncio.Queue()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lavic-model")
+        self._task = asyncio.create_task(self._loop(), name="lavic-micro-batcher")
+
+    async def stop(self) -> None:
+        """Stop collecting; requests still queued get an error."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._queue is not None:
+            while not self._queue.empty():
+                _, future = self._queue.get_nowait()
+                if not future.done():
+                    future.set_exception(RuntimeError("the service is shutting down"))
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+    async def submit(self, item: T) -> R:
+        """Queue ``item`` and wait for its result (raises the item's own error)."""
+        if not self.running or self._queue is None:
+            raise RuntimeError("the micro-batcher is not running")
+        future = asyncio.get_running_loop().create_future()
+        await self._queue.put((item, future))
+        return await future
+
+    async def _collect(self) -> list[tuple[T, asyncio.Future]]:
+        assert self._queue is not None
+        batch = [await self._queue.get()]
+        deadline = time.monotonic() + self.max_wait
+        while len(batch) < self.max_batch:
+            # Whatever is already queued joins at once; then wait out the window.
+            try:
+                batch.append(self._queue.get_nowait())
+                continue
+            except asyncio.QueueEmpty:
+                pass
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+            except TimeoutError:
+                break
+        return batch
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await self._collect()
+            live = [(item, fut) for item, fut in batch if not fut.done()]  # skip cancelled
+            if not live:
+                continue
+            try:
+                results = await loop.run_in_executor(
+                    self._executor, self.fn, [item for item, _ in live]
+                )
+                if len(results) != len(live):
+                    raise RuntimeError(f"batch of {len(live)} gave {len(results)} results")
+            except asyncio.CancelledError:
+                for _, fut in live:
+                    if not fut.done():
+                        fut.set_exception(RuntimeError("the service is shutting down"))
+                raise
+            except Exception as exc:  # the whole batch failed: every caller hears why
+                log.exception("batched model call failed")
+                for _, fut in live:
+                    if not fut.done():
+                        fut.set_exception(exc)
+                continue
+            for (_, fut), result in zip(live, results, strict=True):
+                if fut.done():
+                    continue
+                if isinstance(result, Exception):
+                    fut.set_exception(result)
+                else:
+                    fut.set_result(result)
+
+
+__all__ = [
+    "MAX_CANDIDATES",
+    "MAX_CONVERSATION_CHARS",
+    "MicroBatcher",
+    "Query",
+    "Recommendation",
+    "Recommender",
+    "RequestError",
+    "ScoredCandidate",
+    "UnknownItemsError",
+    "normalise_conversation",
+]
