@@ -1,0 +1,248 @@
+"""`lavic tune` end to end on a tiny synthetic catalogue with a tiny-random stage-1 artefact."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+from torch.utils.data import DataLoader
+
+from lavic.cache.store import ItemTokenCache, adapter_fingerprint
+from lavic.cli import main
+from lavic.data.loaders import item_title, load_item_meta, load_split
+from lavic.model.backbone import load_backbone
+from lavic.tune.data import RecommendCollator, RecommendDataset, make_samples
+from lavic.tune.module import target_loss_sums
+
+from .conftest import CATEGORY, ITEMS
+
+torch.set_num_threads(1)
+
+ARTEFACT_FILES = {
+    "adapter_config.json",
+    "adapter_model.safetensors",
+    "config.yaml",
+    "metrics.json",
+    "lavic.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "processor_config.json",
+}
+METRICS_KEYS = {
+    "kind",
+    "model_dir",
+    "base_model",
+    "candidate_type",
+    "no_images",
+    "lr",
+    "weight_decay",
+    "num_epochs",
+    "train_samples",
+    "valid_samples",
+    "gt_inserted_into_candidates",
+    "truncated_prompts",
+    "conversation_tokens_dropped",
+    "truncated_targets",
+    "missing_images",
+    "images",
+    "items_without_title",
+    "item_token_cache",
+    "trainable_parameters",
+    "steps",
+    "epochs",
+    "train_steps",
+    "best",
+    "train_samples_per_second",
+    "train_seconds",
+}
+
+
+def tune(stage1: Path, catalogue: dict[str, Path], out: Path, *extra: str) -> int:
+    return main(
+        [
+            "tune",
+            "--model_dir",
+            str(stage1),
+            "--item_meta_path",
+            str(catalogue["item_meta_path"]),
+            "--image_dir",
+            str(catalogue["image_dir"]),
+            "--data_dir",
+            str(catalogue["data_dir"]),
+            "--category",
+            CATEGORY,
+            "--finetune_output_dir",
+            str(out),
+            "--max_length",
+            "512",
+            "--log_every_n_steps",
+            "2",
+            *extra,
+        ]
+    )
+
+
+def valid_loss_of(artefact: Path, catalogue: dict[str, Path], cache_dir: Path) -> float:
+    """Token-weighted validation loss of a saved artefact, recomputed from scratch."""
+    backbone = load_backbone(artefact)
+    convs = load_split(catalogue["data_dir"], CATEGORY, "valid")
+    meta = load_item_meta(catalogue["item_meta_path"])
+    ds = RecommendDataset(
+        make_samples(convs, "candidates_st", seed=42),
+        backbone.tokenizer,
+        lambda i: item_title(meta, i),
+        max_length=512,
+        progress=False,
+    )
+    cache = ItemTokenCache.open(cache_dir, fingerprint=adapter_fingerprint(artefact))
+    total, tokens = 0.0, 0
+    with torch.no_grad():
+        for batch in DataLoader(
+            ds,
+            batch_size=3,
+            collate_fn=RecommendCollator(backbone.tokenizer, cache, max_length=512),
+        ):
+            s, n = target_loss_sums(backbone.model, backbone.tokenizer, batch)
+            total, tokens = total + float(s), tokens + int(n)
+    return total / tokens
+
+
+def test_tune_end_to_end(stage1, catalogue, tmp_path: Path):
+    out = tmp_path / "ft"
+    assert tune(stage1, catalogue, out, "--num_epochs", "3", "--lr", "2e-2", "--skip_eval") == 0
+    adapter = out / "trained_lora_adapter"
+    files = {p.name for p in adapter.iterdir()}
+    assert files >= ARTEFACT_FILES and files - ARTEFACT_FILES <= {"README.md"}
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+    info = json.loads((adapter / "lavic.json").read_text())
+    assert info["kind"] == "tune" and info["base_model"] == "tiny-random"
+    assert (adapter / info["parent"]).resolve() == stage1.resolve()
+    config = yaml.safe_load((adapter / "config.yaml").read_text())
+    assert config["lr"] == 2e-2 and config["candidate_type"] == "candidates_st"
+
+    weights = load_file(adapter / "adapter_model.safetensors")
+    assert weights and all("language_model" in k and "lora_" in k for k in weights)
+    assert sum(t.numel() for t in weights.values()) == 8192  # r=8 on tiny-random's 14 linears
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics) >= METRICS_KEYS
+    assert metrics == json.loads((adapter / "metrics.json").read_text())
+    assert metrics["train_samples"] == 8 and metrics["valid_samples"] == 4  # one per gt item
+    assert metrics["gt_inserted_into_candidates"] == {"train": 3, "valid": 1}
+    assert metrics["missing_images"] == 1 and metrics["items_without_title"] == 1
+    assert metrics["item_token_cache"]["encoded"] == len(ITEMS)
+    assert metrics["steps"] == 3 * 8 and metrics["trainable_parameters"] == 8192
+    assert [e["epoch"] for e in metrics["epochs"]] == [0, 1, 2]
+    assert all("train_loss" in e and "val_loss" in e for e in metrics["epochs"])
+    assert [s["step"] for s in metrics["train_steps"]] == list(range(2, 25, 2))
+    assert metrics["train_samples_per_second"] > 0
+    val_losses = [e["val_loss"] for e in metrics["epochs"]]
+    assert metrics["best"]["val_loss"] == min(val_losses)
+    # The artefact holds the best epoch's adapter: reloading it gives that epoch's val loss.
+    recomputed = valid_loss_of(adapter, catalogue, out / "item_tokens")
+    assert recomputed == pytest.approx(metrics["best"]["val_loss"], abs=1e-4)
+
+    # A second run on the same cache encodes nothing; --max_steps stops mid-epoch, validated.
+    out2 = tmp_path / "ft2"
+    assert (
+        tune(
+            stage1,
+            catalogue,
+            out2,
+            "--max_steps",
+            "3",
+            "--skip_eval",
+            "--cache_dir",
+            str(out / "item_tokens"),
+        )
+        == 0
+    )
+    metrics2 = json.loads((out2 / "metrics.json").read_text())
+    assert metrics2["item_token_cache"]["encoded"] == 0
+    assert metrics2["item_token_cache"]["reused"] == len(ITEMS)
+    assert metrics2["steps"] == 3 and metrics2["best"]["step"] == 3
+    assert not (out2 / "item_tokens").exists()
+
+
+def test_tune_text_only_and_resume(stage1, catalogue, tmp_path: Path):
+    out = tmp_path / "ft"
+    assert (
+        tune(
+            stage1,
+            catalogue,
+            out,
+            "--no_images",
+            "--max_steps",
+            "2",
+            "--skip_eval",
+            "--checkpoint_every_n_steps",
+            "1",
+            "--log_every_n_steps",
+            "1",
+        )
+        == 0
+    )
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["no_images"] is True and metrics["missing_images"] is None
+    assert metrics["item_token_cache"] is None and not (out / "item_tokens").exists()
+    assert (out / "checkpoints" / "last.ckpt").is_file()
+    ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["state_dict"] and all("lora_" in k for k in ckpt["state_dict"])  # LoRA only
+    assert (
+        tune(
+            stage1,
+            catalogue,
+            out,
+            "--no_images",
+            "--max_steps",
+            "4",
+            "--skip_eval",
+            "--resume",
+            "--log_every_n_steps",
+            "1",
+        )
+        == 0
+    )
+    resumed = json.loads((out / "metrics.json").read_text())
+    assert resumed["steps"] == 4
+    assert [s["step"] for s in resumed["train_steps"]] == [1, 2, 3, 4]  # history carried over
+
+
+def test_tune_then_evaluate(stage1, catalogue, tmp_path: Path):
+    pytest.importorskip("lavic.evaluation.evaluate")
+    out = tmp_path / "ft"
+    assert tune(stage1, catalogue, out, "--max_steps", "2") == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["kind"] == "tune" and metrics["steps"] == 2  # training metrics kept
+    evaluation = metrics["evaluation"]["test_candidates_st"]
+    assert evaluation["num_conversations"] == 3 and 0 <= evaluation["recall@1"] <= 1
+    assert (out / "test_results_candidates_st.jsonl").is_file()
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"--image_dir": None}, "--image_dir is required"),
+        ({"--candidate_type": "candidates_nope"}, "candidates_nope"),
+        ({"--category": "absent"}, "no such split"),
+        ({"--model_dir": "/nonexistent/vision_lora_adapter_best"}, "no such directory"),
+    ],
+)
+def test_tune_bad_input_is_one_line(stage1, catalogue, tmp_path: Path, capsys, change, message):
+    args = {
+        "--model_dir": str(stage1),
+        "--item_meta_path": str(catalogue["item_meta_path"]),
+        "--image_dir": str(catalogue["image_dir"]),
+        "--data_dir": str(catalogue["data_dir"]),
+        "--category": CATEGORY,
+        "--finetune_output_dir": str(tmp_path / "ft"),
+    }
+    args.update(change)
+    argv = ["tune"] + [x for k, v in args.items() if v is not None for x in (k, v)]
+    assert main(argv + ["--skip_eval", "--max_steps", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0] and "Traceback" not in err[0]
