@@ -22,7 +22,7 @@ from lavic.tune.module import RecommendTuner, embed_prompts, target_loss_sums
 from lavic.tune.prompt import build_recommend_prompt
 from lavic.tune.train import add_language_lora
 
-from .conftest import ITEMS, NO_IMAGE
+from .fixtures import ITEMS, NO_IMAGE
 
 torch.set_num_threads(1)
 

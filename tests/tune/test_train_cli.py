@@ -18,7 +18,7 @@ from lavic.model.backbone import load_backbone
 from lavic.tune.data import RecommendCollator, RecommendDataset, make_samples
 from lavic.tune.module import target_loss_sums
 
-from .conftest import CATEGORY, ITEMS
+from .fixtures import CATEGORY, ITEMS
 
 torch.set_num_threads(1)
 
