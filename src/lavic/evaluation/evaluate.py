@@ -521,7 +521,7 @@ def evaluate_split(
     category: str,
     candidate_type: str,
     split: str,
-    item_meta_path: Path,
+    item_meta_path: Path | None,
     image_dir: Path | None,
     output_dir: Path,
     decoding: str = "score",
@@ -547,7 +547,8 @@ def evaluate_split(
             a distill artefact or backbone name evaluates zero-shot.
         data_dir, category, split: the conversations ``data_dir/category/split.jsonl``.
         candidate_type: the candidate list key (``candidates_st``, ``candidates_gpt_large``).
-        item_meta_path: item titles; an item without one shows ``No Title`` (counted).
+        item_meta_path: item titles; an item without one shows ``No Title`` (counted); None:
+            no metadata at all.
         image_dir: item images ``<item>_0.jpg``; a missing one is the placeholder (counted).
         output_dir: where the files go.
         decoding: ``score`` (default), ``constrained`` or ``generate``.
@@ -581,7 +582,7 @@ def evaluate_split(
         conversations = conversations[:limit]
     if not conversations:
         raise LavicError(f"{data_dir}/{category}/{split}.jsonl: no conversations to evaluate")
-    meta = load_item_meta(item_meta_path, lenient=lenient)
+    meta = load_item_meta(item_meta_path, lenient=lenient) if item_meta_path is not None else {}
     candidate_lists = [list(c.candidate_list(candidate_type)) for c in conversations]
     gt_items = [list(c.gt_items) for c in conversations]
     item_ids = list(dict.fromkeys(i for cs in candidate_lists for i in cs))
