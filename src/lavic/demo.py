@@ -1,0 +1,300 @@
+"""``lavic demo``: the whole LaViC pipeline, end to end, on a synthetic catalogue.
+
+synthesize -> distill (stage 1) -> encode + tune (stage 2, LaViC and text-only) -> evaluate,
+for every synthetic category; then one table per category, ``results.json`` and
+``report.md`` with its pictures. Offline and on CPU with the default ``tiny`` backbone; with
+``--model_name llava-hf/llava-v1.6-mistral-7b-hf`` on a GPU the same command runs the real
+model.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from lavic.errors import LavicError
+from lavic.io import atomic_write_json, atomic_write_text
+
+log = logging.getLogger(__name__)
+
+CANDIDATE_TYPE = "candidates_st"
+RESULTS_FILE = "results.json"
+REPORT_FILE = "report.md"
+# LLaVA-v1.6's full image tokens for its largest anyres layout (5 views x 577, as the paper
+# counts them); the processor's exact count for the demo's images is reported beside it.
+LLAVA_V16_MAX_IMAGE_TOKENS = 2885
+
+
+@dataclass
+class Args:
+    """Options of ``lavic demo``."""
+
+    output_dir: Path = field(default=Path("runs/demo"), metadata={"help": "run folder"})
+    model_name: str = field(
+        default="tiny",
+        metadata={"help": "backbone: `tiny` (offline, CPU), `tiny-random`, a Hub id or a dir"},
+    )
+    seed: int = field(default=0, metadata={"help": "seed of the catalogue and of training"})
+    style: Literal["default", "heldout"] = field(
+        default="default",
+        metadata={"help": "synthetic catalogue style (heldout: drawn differently)"},
+    )
+    categories: list[str] | None = field(
+        default=None, metadata={"help": "synthetic categories (default: all of the style's)"}
+    )
+    num_train: int = field(default=80, metadata={"help": "train conversations per category"})
+    num_valid: int = field(default=12, metadata={"help": "valid conversations per category"})
+    num_test: int = field(default=40, metadata={"help": "test conversations per category"})
+    num_candidates: int = field(default=10, metadata={"help": "candidates per conversation"})
+    distill_steps: int = field(default=60, metadata={"help": "stage-1 optimizer steps"})
+    distill_batch_size: int = field(default=4, metadata={"help": "stage-1 images per step"})
+    distill_lr: float = field(default=1e-3, metadata={"help": "stage-1 learning rate"})
+    tune_steps: int = field(default=80, metadata={"help": "stage-2 optimizer steps per category"})
+    tune_lr: float = field(default=1e-3, metadata={"help": "stage-2 learning rate"})
+    max_length: int = field(default=2048, metadata={"help": "prompt + answer token budget"})
+    decoding: Literal["score", "constrained", "generate"] = field(
+        default="score", metadata={"help": "how the answer is read (see lavic evaluate)"}
+    )
+    overwrite: bool = field(default=False, metadata={"help": "start again from an empty folder"})
+
+
+class StageClock:
+    """Logs `[i/n] stage` with elapsed time and an estimate of the time left."""
+
+    def __init__(self, weights: list[tuple[str, float]]):
+        self.weights = weights  # (stage name, expected relative cost)
+        self.start = time.perf_counter()
+        self.done_weight = 0.0
+        self.index = 0
+
+    def begin(self, name: str) -> None:
+        self.index += 1
+        elapsed = time.perf_counter() - self.start
+        total = sum(w for _, w in self.weights)
+        left = (
+            f", about {elapsed / self.done_weight * (total - self.done_weight) / 60:.1f} min left"
+            if self.done_weight
+            else ""
+        )
+        log.info(
+            "[%d/%d] %s (elapsed %.1f min%s)",
+            self.index,
+            len(self.weights),
+            name,
+            elapsed / 60,
+            left,
+        )
+
+    def end(self) -> None:
+        self.done_weight += self.weights[self.index - 1][1]
+
+
+def _distill(args: Args, data: Path, out: Path) -> Path:
+    from lavic.distill import train as distill
+
+    best = out / distill.BEST_DIR
+    if (best / "lavic.json").is_file():
+        log.info("stage 1 already done: %s", best)
+        return best
+    distill.run(
+        distill.Args(
+            train_data=data / "item2meta_train.json",
+            val_data=data / "item2meta_valid.jsonl",
+            train_images_dir=data / "train_images",
+            val_images_dir=data / "valid_images",
+            model_name=args.model_name,
+            output_dir=out,
+            lr=args.distill_lr,
+            batch_size=args.distill_batch_size,
+            num_epochs=1,
+            max_steps=args.distill_steps,
+            seed=args.seed,
+            validate_before_training=True,
+        )
+    )
+    return best
+
+
+def _tune(
+    args: Args,
+    stage1: Path,
+    data: Path,
+    category: str,
+    out: Path,
+    *,
+    no_images: bool,
+    cache_dir: Path,
+) -> Path:
+    from lavic.tune import train as tune
+
+    adapter = out / tune.ADAPTER_DIR
+    if (adapter / "lavic.json").is_file():
+        log.info("already tuned: %s", adapter)
+        return adapter
+    tune.run(
+        tune.Args(
+            model_dir=stage1,
+            data_dir=data,
+            category=category,
+            candidate_type=CANDIDATE_TYPE,
+            finetune_output_dir=out,
+            item_meta_path=data / "item2meta_train.json",
+            image_dir=data / "train_images",
+            max_length=args.max_length,
+            lr=args.tune_lr,
+            num_epochs=1,
+            max_steps=args.tune_steps,
+            seed=args.seed,
+            no_images=no_images,
+            cache_dir=cache_dir,
+            skip_eval=True,
+        )
+    )
+    return adapter
+
+
+def _token_budget(backbone_dir: Path, data: Path) -> dict[str, Any]:
+    """Visual tokens per candidate: LaViC's 5 against the full tokens of the backbone."""
+    from transformers import AutoProcessor
+
+    from lavic.constants import NUM_ITEM_TOKENS
+    from lavic.data.images import load_image
+
+    processor = AutoProcessor.from_pretrained(str(backbone_dir))
+    images = sorted((data / "train_images").glob("*_0.jpg"))[:50]
+    counts = []
+    for path in images:
+        image = load_image(path.parent, path.name)
+        text = processor(text=processor.image_token, images=[image], return_tensors="pt")
+        counts.append(int((text["input_ids"] == processor.image_token_id).sum()))
+    return {
+        "lavic_tokens_per_candidate": NUM_ITEM_TOKENS,
+        "backbone_full_tokens_per_candidate_mean": sum(counts) / max(len(counts), 1),
+        "backbone_full_tokens_per_candidate_max": max(counts, default=0),
+        "llava_v16_full_tokens_per_candidate_max": LLAVA_V16_MAX_IMAGE_TOKENS,
+    }
+
+
+def run(args: Args) -> int:
+    from lavic.data import synthetic
+    from lavic.evaluation.evaluate import evaluate_split
+    from lavic.evaluation.report import format_table
+
+    out = Path(args.output_dir)
+    if args.overwrite and out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    data = out / "data"
+
+    if not (data / "item2meta_train.json").is_file():
+        synthetic.run(
+            synthetic.Args(
+                output_dir=data,
+                seed=args.seed,
+                style=args.style,
+                categories=args.categories,
+                num_train=args.num_train,
+                num_valid=args.num_valid,
+                num_test=args.num_test,
+                num_candidates=args.num_candidates,
+            )
+        )
+    categories = args.categories or sorted(
+        p.name for p in data.iterdir() if (p / "test.jsonl").is_file()
+    )
+    if not categories:
+        raise LavicError(f"{data}: no categories were written")
+
+    clock = StageClock(
+        [("synthetic catalogue", 0.2), ("stage 1: distill", 3.0)]
+        + [
+            (f"{c}: {s}", w)
+            for c in categories
+            for s, w in (("tune text-only", 2.0), ("tune LaViC", 2.0), ("evaluate", 1.2))
+        ]
+        + [("report", 0.3)]
+    )
+    clock.begin("synthetic catalogue")
+    clock.end()
+    clock.begin("stage 1: distill")
+    stage1 = _distill(args, data, out / "distill")
+    clock.end()
+
+    cache_dir = out / "item_tokens"  # one cache: every category reads the same stage-1 tokens
+    results: dict[str, Any] = {}
+    evaluations: dict[str, dict[str, Any]] = {}
+    for category in categories:
+        clock.begin(f"{category}: tune text-only")
+        text_only = _tune(
+            args,
+            stage1,
+            data,
+            category,
+            out / category / "text_only",
+            no_images=True,
+            cache_dir=cache_dir,
+        )
+        clock.end()
+        clock.begin(f"{category}: tune LaViC")
+        lavic_dir = _tune(
+            args,
+            stage1,
+            data,
+            category,
+            out / category / "lavic",
+            no_images=False,
+            cache_dir=cache_dir,
+        )
+        clock.end()
+        clock.begin(f"{category}: evaluate")
+        metrics = evaluate_split(
+            model_dir=lavic_dir,
+            data_dir=data,
+            category=category,
+            candidate_type=CANDIDATE_TYPE,
+            split="test",
+            item_meta_path=data / "item2meta_train.json",
+            image_dir=data / "train_images",
+            output_dir=out / category / "eval",
+            decoding=args.decoding,
+            max_length=args.max_length,
+            cache_dir=cache_dir,
+            text_only_model_dir=text_only,
+            seed=args.seed,
+        )
+        clock.end()
+        evaluations[category] = metrics
+        methods = metrics["methods"]
+        results[category] = {
+            name: {"recall@1": methods[key]["recall@1"], "validity@1": methods[key]["validity@1"]}
+            for name, key in (
+                ("lavic", "LaViC"),
+                ("text_only", "text-only"),
+                ("random", "random"),
+                ("retriever_first", "retriever-first"),
+            )
+        }
+        results[category]["ceiling"] = metrics["recall@1_ceiling"]
+        print(f"\n== {category} (test, {metrics['num_conversations']} conversations) ==")
+        print(format_table(metrics))
+
+    clock.begin("report")
+    atomic_write_json(out / RESULTS_FILE, results)
+    budget = _token_budget(stage1, data)
+    from lavic.demo_report import write_report
+
+    report = write_report(out, categories, evaluations, budget, stage1_dir=out / "distill")
+    clock.end()
+    print(
+        f"\nvisual tokens per candidate: LaViC {budget['lavic_tokens_per_candidate']}, "
+        f"full image tokens of this backbone {budget['backbone_full_tokens_per_candidate_mean']:.0f}"
+        f" on average (LLaVA-v1.6: up to {LLAVA_V16_MAX_IMAGE_TOKENS})"
+    )
+    print(f"results: {out / RESULTS_FILE}\nreport:  {report}")
+    atomic_write_text(out / "token_budget.json", json.dumps(budget, indent=2) + "\n")
+    return 0
