@@ -31,8 +31,10 @@
     return node;
   }
 
+  // 99.7%, 42%, 0.4%, <0.1%: whole percents where that is precise enough.
   function percent(p) {
-    return `${(100 * p).toFixed(p >= 0.995 || p < 0.001 ? 1 : 0)}%`;
+    if (p < 0.001) return "<0.1%";
+    return `${(100 * p).toFixed(p >= 0.995 || p < 0.01 ? 1 : 0)}%`;
   }
 
   function addUser(text) {
