@@ -1,0 +1,148 @@
+"""Self-describing artefact directories: what one stage hands to the next.
+
+An artefact directory holds everything needed to rebuild the trained model from it alone:
+
+* ``adapter_config.json`` + ``adapter_model.safetensors``: the PEFT adapter;
+* the tokenizer (with the five item tokens) and the processor, so the next stage never
+  re-creates the special tokens by copy;
+* ``config.yaml``: the resolved command config (loadable again with ``--config``);
+* ``metrics.json``: what the run measured;
+* ``lavic.json``: ``{"kind", "base_model", "parent", "created", "lavic_version"}``, read by
+  :func:`lavic.model.backbone.load_backbone` to rebuild base + adapters.
+
+The directory is written under a temporary name beside its destination and renamed into
+place, so a reader never sees a half-written artefact. Replacing an existing artefact moves
+the old one aside first (two renames: for an instant the path may be absent, never partial).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from lavic.config import save_config
+from lavic.io import atomic_write_json
+from lavic.model.backbone import ARTIFACT_FILE
+
+log = logging.getLogger(__name__)
+
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
+CONFIG_FILE = "config.yaml"
+METRICS_FILE = "metrics.json"
+
+
+def _relative_parent(parent: str | os.PathLike[str], out_dir: Path) -> str:
+    # Stored relative to the artefact, so a run directory moved as a whole keeps its lineage
+    # (load_backbone resolves a relative parent against the artefact directory).
+    return os.path.relpath(Path(parent).resolve(), out_dir.resolve())
+
+
+@contextlib.contextmanager
+def atomic_directory(out_dir: str | os.PathLike[str]):
+    """Yield a fresh temporary directory beside ``out_dir``; on success it becomes ``out_dir``.
+
+    If ``out_dir`` exists it is replaced (moved aside, then deleted). On an exception the
+    temporary directory is removed and ``out_dir`` is left as it was.
+    """
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        yield tmp
+        old = None
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+            os.rmdir(old)
+            os.replace(out, old)
+        os.replace(tmp, out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def artifact_info(*, kind: str, base_model: str, parent: str | None) -> dict[str, Any]:
+    """The ``lavic.json`` record of an artefact."""
+    from lavic import __version__
+
+    return {
+        "kind": kind,
+        "base_model": base_model,
+        "parent": parent,
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "lavic_version": __version__,
+    }
+
+
+def write_artifact(
+    out_dir: str | os.PathLike[str],
+    *,
+    kind: str,
+    model,
+    backbone,
+    config: Any,
+    metrics: dict[str, Any],
+    base_model: str,
+    parent: str | os.PathLike[str] | None = None,
+) -> Path:
+    """Write a self-describing artefact directory atomically.
+
+    Args:
+        out_dir: The artefact directory (created or replaced).
+        kind: ``"distill"`` or ``"tune"``.
+        model: A ``peft.PeftModel``; its adapter is saved as safetensors (embedding layers are
+            not saved: the item-token rows are re-created deterministically at every load).
+        backbone: The :class:`lavic.model.backbone.Backbone` whose tokenizer and processor
+            are saved beside the adapter.
+        config: The resolved command config (a dataclass), saved as ``config.yaml``.
+        metrics: Saved as ``metrics.json``.
+        base_model: The model the adapter (lineage) applies to: what ``--model_name`` named.
+        parent: The artefact this one was trained on top of (stage 2: the distill artefact),
+            stored relative to ``out_dir``; None for the first stage.
+
+    Returns:
+        ``out_dir`` as a Path.
+    """
+    out = Path(out_dir)
+    with atomic_directory(out) as tmp:
+        model.save_pretrained(str(tmp), safe_serialization=True, save_embedding_layers=False)
+        if not (tmp / ADAPTER_WEIGHTS).is_file():
+            raise RuntimeError(f"PEFT wrote no {ADAPTER_WEIGHTS} in {tmp}")
+        backbone.save_preprocessing(tmp)
+        save_config(config, tmp / CONFIG_FILE)
+        atomic_write_json(tmp / METRICS_FILE, metrics)
+        rel_parent = _relative_parent(parent, out) if parent is not None else None
+        atomic_write_json(
+            tmp / ARTIFACT_FILE, artifact_info(kind=kind, base_model=base_model, parent=rel_parent)
+        )
+    log.info("wrote %s artefact %s", kind, out)
+    return out
+
+
+def read_metrics(artifact_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The ``metrics.json`` of an artefact directory, or None if it has none."""
+    path = Path(artifact_dir) / METRICS_FILE
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+__all__ = [
+    "ADAPTER_CONFIG",
+    "ADAPTER_WEIGHTS",
+    "CONFIG_FILE",
+    "METRICS_FILE",
+    "artifact_info",
+    "atomic_directory",
+    "read_metrics",
+    "write_artifact",
+]

@@ -1,0 +1,514 @@
+"""``lavic distill``: stage 1, visual knowledge self-distillation.
+
+LoRA on every linear layer of the vision tower and the multimodal projector is trained so
+that the frozen language model, reading an item's five visual tokens in place of
+``<ItemImageEmb1..5>``, reproduces the description the same base model wrote from the full
+image (the teacher). The best epoch's adapter is kept as a self-describing artefact in
+``OUTPUT_DIR/vision_lora_adapter_best/``; ``OUTPUT_DIR/metrics.json`` reports the validation
+perplexity before training, after (best epoch) and of the full-image-token teacher.
+
+Example:
+    lavic distill --model_name llava-hf/llava-v1.6-mistral-7b-hf \\
+        --train_data data/item2meta_train.json --val_data data/item2meta_valid.jsonl \\
+        --train_images_dir data/train_images --val_images_dir data/valid_images \\
+        --output_dir out_distilled --lr 5e-5 --weight_decay 1e-5 --num_epochs 5 --batch_size 4
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lavic.config import config_to_dict
+from lavic.constants import DEFAULT_MODEL_NAME
+from lavic.errors import LavicError
+
+log = logging.getLogger(__name__)
+
+BEST_DIR = "vision_lora_adapter_best"
+MERGED_DIR = "merged"
+CHECKPOINT_DIR = "checkpoints"
+LAST_CHECKPOINT = "last.ckpt"
+PRECISIONS = ("auto", "32-true", "bf16-mixed", "bf16-true", "16-mixed", "16-true", "64-true")
+
+
+@dataclass
+class Args:
+    """Options of ``lavic distill`` (the seed's flags and defaults, plus LaViC's)."""
+
+    train_data: Path = field(
+        metadata={"help": "training item metadata: item2meta_train.json (.json) or .jsonl"}
+    )
+    val_data: Path = field(
+        metadata={"help": "validation item metadata: item2meta_valid.jsonl (.jsonl) or .json"}
+    )
+    train_images_dir: Path = field(metadata={"help": "folder of the training item images"})
+    val_images_dir: Path = field(metadata={"help": "folder of the validation item images"})
+    model_name: str = field(
+        default=DEFAULT_MODEL_NAME,
+        metadata={"help": "base LLaVA-NeXT model: Hub id, local checkpoint, `tiny`, `tiny-random`"},
+    )
+    output_dir: Path = field(
+        default=Path("out_distilled"),
+        metadata={"help": "run folder: checkpoints/, vision_lora_adapter_best/, metrics.json"},
+    )
+    lr: float = field(default=5e-5, metadata={"help": "AdamW learning rate"})
+    weight_decay: float = field(default=1e-5, metadata={"help": "AdamW weight decay"})
+    num_epochs: int = field(default=5, metadata={"help": "training epochs"})
+    batch_size: int = field(default=4, metadata={"help": "images per batch (per device)"})
+    max_length: int = field(
+        default=2048, metadata={"help": "token budget of prompt + description (longer targets cut)"}
+    )
+    seed: int = field(default=42, metadata={"help": "random seed (LoRA init, shuffling)"})
+    num_workers: int = field(
+        default=2, metadata={"help": "DataLoader worker processes (images are processed there)"}
+    )
+    validate_before_training: bool = field(
+        default=False,
+        metadata={"help": "run a validation before the first step (logged as val_ppl_before)"},
+    )
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank"})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha (scale = alpha / r)"})
+    lora_dropout: float = field(default=0.1, metadata={"help": "LoRA dropout"})
+    precision: str = field(
+        default="auto",
+        metadata={
+            "help": "Lightning precision; auto = bf16-mixed on a CUDA GPU with bf16, else 32-true "
+            f"(one of {', '.join(PRECISIONS)})"
+        },
+    )
+    accumulate_grad_batches: int = field(
+        default=1, metadata={"help": "batches whose gradients are summed per optimizer step"}
+    )
+    gradient_checkpointing: bool = field(
+        default=False, metadata={"help": "recompute activations in backward (saves memory)"}
+    )
+    gradient_clip_val: float | None = field(
+        default=None, metadata={"help": "clip the gradient norm to this value (off by default)"}
+    )
+    devices: str = field(
+        default="auto", metadata={"help": "Lightning devices: auto, a count (2) or ids (0,1)"}
+    )
+    strategy: str = field(
+        default="auto", metadata={"help": "Lightning strategy: auto, ddp, fsdp, deepspeed_stage_2"}
+    )
+    num_nodes: int = field(default=1, metadata={"help": "machines (Lightning num_nodes)"})
+    resume: bool = field(
+        default=False,
+        metadata={"help": "continue from OUTPUT_DIR/checkpoints/last.ckpt if it exists"},
+    )
+    checkpoint_every_n_steps: int = field(
+        default=100,
+        metadata={
+            "help": "also write checkpoints/last.ckpt every N optimizer steps (0: epochs only)"
+        },
+    )
+    max_steps: int = field(
+        default=-1, metadata={"help": "stop after this many optimizer steps (-1: num_epochs)"}
+    )
+    limit_train_items: int | None = field(
+        default=None, metadata={"help": "use only the first N training items (quick runs)"}
+    )
+    limit_val_items: int | None = field(
+        default=None, metadata={"help": "use only the first N validation items (quick runs)"}
+    )
+    teacher_eval: bool = field(
+        default=True,
+        metadata={"help": "measure val_ppl_teacher (the base model given the full image tokens)"},
+    )
+    lenient: bool = field(
+        default=False, metadata={"help": "skip (and count) bad metadata records instead of failing"}
+    )
+    merge: bool = field(
+        default=False, metadata={"help": "also write the merged model to OUTPUT_DIR/merged/"}
+    )
+    log_every_n_steps: int = field(default=10, metadata={"help": "logging interval in steps"})
+
+    def __post_init__(self) -> None:
+        for name in (
+            "num_epochs",
+            "batch_size",
+            "max_length",
+            "lora_r",
+            "lora_alpha",
+            "accumulate_grad_batches",
+            "num_nodes",
+            "log_every_n_steps",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("num_workers", "checkpoint_every_n_steps"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("limit_train_items", "limit_val_items"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be at least 1")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise ValueError(f"--lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        if self.lr <= 0 or self.weight_decay < 0:
+            raise ValueError("--lr must be > 0 and --weight_decay >= 0")
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise ValueError(f"--max_steps must be -1 or positive, got {self.max_steps}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(
+                f"--precision must be one of {list(PRECISIONS)}, got {self.precision!r}"
+            )
+        for name in ("train_data", "val_data", "train_images_dir", "val_images_dir", "output_dir"):
+            setattr(self, name, Path(getattr(self, name)))
+
+
+# ---------------------------------------------------------------------------------- helpers
+
+
+def resolve_precision(precision: str) -> str:
+    """``auto`` -> ``bf16-mixed`` on a CUDA GPU that supports bf16, else ``32-true``."""
+    if precision != "auto":
+        return precision
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bf16-mixed"
+    return "32-true"
+
+
+def parse_devices(devices: str) -> Any:
+    """Lightning's ``devices``: ``auto``, a count (``2``, ``-1``) or a list of ids (``0,1``)."""
+    text = str(devices).strip()
+    if text == "auto":
+        return "auto"
+    try:
+        if "," in text:
+            return [int(x) for x in text.split(",") if x.strip()]
+        return int(text)
+    except ValueError:
+        raise LavicError(
+            f"--devices: expected auto, a count or ids like 0,1; got {devices!r}"
+        ) from None
+
+
+def _load_samples(path: Path, *, lenient: bool, limit: int | None, what: str):
+    from lavic.data.loaders import described_images, load_item_meta
+    from lavic.data.records import LoadReport
+
+    report = LoadReport(str(path))
+    meta = load_item_meta(path, lenient=lenient, report=report)
+    if limit is not None:
+        meta = dict(list(meta.items())[:limit])
+    samples = described_images(meta)
+    if not samples:
+        raise LavicError(f"{path}: no {what} item image has a description (nothing to distill)")
+    return meta, samples, report
+
+
+def wrap_with_vision_lora(model, *, r: int, alpha: int, dropout: float, base_model: str):
+    """LoRA on every linear layer of the vision tower and projector; everything else frozen.
+
+    Returns:
+        The ``PeftModel``. Raises if any parameter outside those LoRA layers would train.
+    """
+    from peft import LoraConfig, get_peft_model
+
+    from lavic.model.lora import vision_lora_targets
+
+    targets = vision_lora_targets(model)
+    if not targets:
+        raise LavicError("the model has no linear layers in its vision tower / projector")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    config = LoraConfig(
+        r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, bias="none"
+    )
+    peft_model = get_peft_model(model, config)
+    peft_model.peft_config["default"].base_model_name_or_path = base_model
+    wrong = [
+        n
+        for n, p in peft_model.named_parameters()
+        if p.requires_grad
+        and not ("lora_" in n and (".vision_tower." in n or ".multi_modal_projector." in n))
+    ]
+    if wrong:
+        raise LavicError(f"unexpected trainable parameters outside the vision LoRA: {wrong[:3]}")
+    return peft_model
+
+
+def _checkpoint_callbacks(ckpt_dir: Path, every_n_steps: int) -> list:
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from lavic.distill.module import SaveAtMaxSteps
+
+    # Lightning writes checkpoints atomically (to a buffer, then a temporary file renamed into
+    # place). Two triggers (steps, epochs) cannot share one ModelCheckpoint: both write last.ckpt.
+    common = {
+        "dirpath": str(ckpt_dir),
+        "filename": Path(LAST_CHECKPOINT).stem,
+        "monitor": None,
+        "save_top_k": 1,
+        "enable_version_counter": False,
+        "save_last": False,
+    }
+    callbacks = [ModelCheckpoint(every_n_epochs=1, save_on_train_epoch_end=True, **common)]
+    if every_n_steps > 0:
+        callbacks.append(ModelCheckpoint(every_n_train_steps=every_n_steps, **common))
+    callbacks.append(SaveAtMaxSteps(ckpt_dir / LAST_CHECKPOINT))
+    return callbacks
+
+
+def _peek_checkpoint(path: Path) -> tuple[int, int]:
+    # Our own checkpoint (only tensors and plain containers): loaded without unpickling code.
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    return int(ckpt.get("epoch", 0)), int(ckpt.get("global_step", 0))
+
+
+def load_adapter_weights(peft_model, adapter_dir: Path) -> None:
+    """Load an adapter's safetensors weights into ``peft_model``'s active adapter."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    state = load_file(str(adapter_dir / "adapter_model.safetensors"))
+    result = set_peft_model_state_dict(peft_model, state)
+    unexpected = getattr(result, "unexpected_keys", [])
+    if unexpected:
+        raise LavicError(f"{adapter_dir}: adapter does not fit the model ({unexpected[:3]})")
+
+
+# ---------------------------------------------------------------------------------- run
+
+
+def run(args: Args) -> int:
+    """Train the vision LoRA; write the best artefact, metrics and (optionally) the merged model."""
+    import lightning as L
+    from lightning.pytorch.loggers import CSVLogger
+
+    from lavic.artifacts import read_metrics, write_artifact
+    from lavic.distill.module import (
+        DescribedImageDataset,
+        DistillModule,
+        StudentCollator,
+        TeacherCollator,
+        make_loader,
+        perplexity,
+    )
+    from lavic.io import atomic_write_json
+    from lavic.model.backbone import load_backbone, read_artifact_info, unwrap
+    from lavic.model.lora import count_parameters
+
+    for path in (args.train_data, args.val_data):
+        if not path.is_file():
+            raise LavicError(f"{path}: no such metadata file")
+    for path in (args.train_images_dir, args.val_images_dir):
+        if not path.is_dir():
+            raise LavicError(f"{path}: no such image folder")
+
+    L.seed_everything(args.seed, workers=True, verbose=False)
+    precision = resolve_precision(args.precision)
+    output_dir = args.output_dir
+    best_dir = output_dir / BEST_DIR
+    ckpt_path = output_dir / CHECKPOINT_DIR / LAST_CHECKPOINT
+
+    train_meta, train_samples, train_report = _load_samples(
+        args.train_data, lenient=args.lenient, limit=args.limit_train_items, what="training"
+    )
+    val_meta, val_samples, val_report = _load_samples(
+        args.val_data, lenient=args.lenient, limit=args.limit_val_items, what="validation"
+    )
+
+    # An artefact as --model_name (continued distillation) becomes this artefact's parent.
+    parent_info = read_artifact_info(args.model_name)
+    parent = args.model_name if parent_info is not None else None
+    base_model = parent_info["base_model"] if parent_info is not None else args.model_name
+    backbone = load_backbone(args.model_name)
+    if args.gradient_checkpointing:
+        backbone.model.gradient_checkpointing_enable(
+            gradient_checkpointing_kwargs={"use_reentrant": False}
+        )
+    peft_model = wrap_with_vision_lora(
+        backbone.model,
+        r=args.lora_r,
+        alpha=args.lora_alpha,
+        dropout=args.lora_dropout,
+        base_model=base_model,
+    )
+    trainable, total = count_parameters(peft_model)
+    log.info("trainable parameters: %d of %d (%.4f%%)", trainable, total, 100 * trainable / total)
+
+    student = StudentCollator(backbone.tokenizer, backbone.image_processor, args.max_length)
+    teacher = TeacherCollator(backbone.processor, backbone.tokenizer, args.max_length)
+    train_set = DescribedImageDataset(train_samples, args.train_images_dir, "train")
+    val_set = DescribedImageDataset(val_samples, args.val_images_dir, "val")
+    loader_kw = {"batch_size": args.batch_size, "num_workers": args.num_workers}
+    train_loader = make_loader(train_set, student, shuffle=True, seed=args.seed, **loader_kw)
+    val_loader = make_loader(val_set, student, shuffle=False, **loader_kw)
+
+    module = DistillModule(
+        peft_model, backbone.item_token_ids, lr=args.lr, weight_decay=args.weight_decay
+    )
+
+    def write_best(record: dict[str, Any], metrics: dict[str, Any] | None = None) -> None:
+        write_artifact(
+            best_dir,
+            kind="distill",
+            model=peft_model,
+            backbone=backbone,
+            config=args,
+            metrics=metrics if metrics is not None else {"best": record, "final": False},
+            base_model=base_model,
+            parent=parent,
+        )
+
+    module.on_new_best = write_best
+    module.train_sampler = train_loader.sampler
+
+    trainer = L.Trainer(
+        accelerator="auto",
+        devices=parse_devices(args.devices),
+        strategy=args.strategy,
+        num_nodes=args.num_nodes,
+        precision=precision,
+        max_epochs=args.num_epochs,
+        max_steps=args.max_steps,
+        accumulate_grad_batches=args.accumulate_grad_batches,
+        gradient_clip_val=args.gradient_clip_val,
+        callbacks=_checkpoint_callbacks(ckpt_path.parent, args.checkpoint_every_n_steps),
+        logger=CSVLogger(str(output_dir), name="logs"),
+        default_root_dir=str(output_dir),
+        num_sanity_val_steps=0,
+        use_distributed_sampler=False,  # ShardSampler shards by rank itself
+        log_every_n_steps=args.log_every_n_steps,
+        enable_model_summary=False,
+    )
+
+    resume_from = None
+    if args.resume:
+        if ckpt_path.is_file():
+            epoch, step = _peek_checkpoint(ckpt_path)
+            log.info("resuming from %s epoch %d step %d", ckpt_path, epoch, step)
+            resume_from = str(ckpt_path)
+        else:
+            log.warning("--resume: no checkpoint at %s; starting from scratch", ckpt_path)
+
+    if args.validate_before_training and resume_from is None:
+        module.eval_mode, module.eval_label = "student", "before"
+        trainer.validate(module, dataloaders=val_loader, verbose=False)
+    module.eval_label = None
+
+    # Lightning keeps each submodule's train/eval mode as found; the backbone was loaded in
+    # eval mode, and LoRA dropout (and gradient checkpointing) act only in train mode.
+    module.train()
+    fit_start = time.perf_counter()
+    trainer.fit(module, train_loader, val_loader, ckpt_path=resume_from, weights_only=True)
+    if trainer.interrupted:
+        raise LavicError("training interrupted; continue it with --resume")
+    global_step = int(trainer.global_step)
+    if global_step > 0 and (not module.history or module.history[-1]["step"] != global_step):
+        # Stopped between validations (--max_steps): score the final weights too.
+        module.eval_mode, module.eval_label = "student", "final"
+        trainer.validate(module, dataloaders=val_loader, verbose=False)
+        final = module.results.pop("final")
+        record = {
+            "epoch": module.last_train_epoch,
+            "step": global_step,
+            "val_loss": final["loss"],
+            "val_ppl": final["ppl"],
+            "val_tokens": final["tokens"],
+            "train_loss": None,
+        }
+        module.history.append(record)
+        if module.best is None or record["val_loss"] < module.best["val_loss"]:
+            module.best = dict(record)
+            if trainer.is_global_zero:
+                write_best(record)
+    fit_seconds = time.perf_counter() - fit_start
+
+    # Reference points, with the adapter switched off (= the untrained LoRA, whose B is 0):
+    # the base model given the 5 tokens, and given the full image tokens (the teacher).
+    with peft_model.disable_adapter():
+        if "before" not in module.results:
+            module.eval_mode, module.eval_label = "student", "before"
+            trainer.validate(module, dataloaders=val_loader, verbose=False)
+        if args.teacher_eval:
+            teacher_loader = make_loader(val_set, teacher, shuffle=False, **loader_kw)
+            module.eval_mode, module.eval_label = "teacher", "teacher"
+            trainer.validate(module, dataloaders=teacher_loader, verbose=False)
+    module.eval_mode, module.eval_label = "student", None
+    module.gather_image_outcomes()
+    if not trainer.is_global_zero:
+        return 0
+
+    # The best weights are the ones on disk (written when that validation ran).
+    best_meta = read_metrics(best_dir) if best_dir.is_dir() else None
+    if best_meta is None or "best" not in best_meta:
+        raise LavicError(f"no validated adapter was written to {best_dir}")
+    best = best_meta["best"]
+    load_adapter_weights(peft_model, best_dir)
+
+    before = module.results["before"]
+    teacher_result = module.results.get("teacher")
+    metrics: dict[str, Any] = {
+        "model_name": args.model_name,
+        "base_model": base_model,
+        "epochs": module.history,
+        "best_epoch": best["epoch"],
+        "best_step": best["step"],
+        "val_loss_before": before["loss"],
+        "val_ppl_before": before["ppl"],
+        "val_loss_best": best["val_loss"],
+        "val_ppl_best": best["val_ppl"],
+        "val_loss_teacher": teacher_result["loss"] if teacher_result else None,
+        "val_ppl_teacher": teacher_result["ppl"] if teacher_result else None,
+        "val_target_tokens": before["tokens"],
+        "train_images_per_s": (
+            module.train_images / module.train_seconds if module.train_seconds > 0 else None
+        ),
+        "train_images": module.train_images,
+        "train_seconds": module.train_seconds,
+        "fit_seconds": fit_seconds,
+        "global_step": global_step,
+        "world_size": trainer.world_size,
+        "precision": precision,
+        "trainable_params": trainable,
+        "total_params": total,
+        "train_samples": len(train_samples),
+        "val_samples": len(val_samples),
+        "train_items": len(train_meta),
+        "val_items": len(val_meta),
+        "skipped_records": {"train": train_report.num_skipped, "val": val_report.num_skipped},
+        "truncated_targets": module.truncated_targets,
+        "image_stats": {"train": module.image_stats("train"), "val": module.image_stats("val")},
+        "config": config_to_dict(args),
+    }
+    # Consistency check for the reader: ppl is exp(loss).
+    assert abs(perplexity(metrics["val_loss_best"]) - metrics["val_ppl_best"]) < 1e-6 * max(
+        1.0, metrics["val_ppl_best"]
+    )
+    write_best(best, {**metrics, "best": best, "final": True})
+    atomic_write_json(output_dir / "metrics.json", metrics)
+    log.info(
+        "validation perplexity: before %.3f, best %.3f (epoch %d), teacher %s",
+        metrics["val_ppl_before"],
+        metrics["val_ppl_best"],
+        best["epoch"],
+        f"{metrics['val_ppl_teacher']:.3f}" if teacher_result else "not measured",
+    )
+    missing = sum(s["missing"] for s in metrics["image_stats"].values())
+    unreadable = sum(
+        s["unreadable"] + s["unsafe"] + s["oversized"] for s in metrics["image_stats"].values()
+    )
+    if missing or unreadable:
+        log.warning(
+            "images replaced by the placeholder: %d missing, %d unreadable/unsafe/oversized",
+            missing,
+            unreadable,
+        )
+
+    if args.merge:
+        from lavic.artifacts import atomic_directory
+
+        merged = peft_model.merge_and_unload()
+        with atomic_directory(output_dir / MERGED_DIR) as tmp:
+            unwrap(merged).save_pretrained(str(tmp), safe_serialization=True)
+            backbone.save_preprocessing(tmp)
+        log.info("wrote merged model %s", output_dir / MERGED_DIR)
+    return 0
