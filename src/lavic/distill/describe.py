@@ -212,15 +212,44 @@ def generate_descriptions(backbone, images, titles, *, max_new_tokens: int, devi
     return [" ".join(t.split()) for t in texts]
 
 
+def _describe_all(todo, args, backbone, device, stats, descriptions, save) -> None:
+    """Describe the ``todo`` images in batches, saving every ``--save_every`` images."""
+    from tqdm import tqdm
+
+    from lavic.data.images import LOADED, read_image
+
+    since_save = 0
+    with tqdm(total=len(todo), desc="describe", unit="img") as bar:
+        for start in range(0, len(todo), args.batch_size):
+            chunk = todo[start : start + args.batch_size]
+            images, titles, names = [], [], []
+            for _, title, name in chunk:
+                image, outcome = read_image(args.image_dir, name)
+                stats.add(outcome)
+                if outcome == LOADED:
+                    images.append(image)
+                    titles.append(title if title is not None else MISSING_TITLE)
+                    names.append(name)
+            if images:
+                texts = generate_descriptions(
+                    backbone, images, titles, max_new_tokens=args.max_new_tokens, device=device
+                )
+                descriptions.update(zip(names, texts, strict=True))
+            bar.update(len(chunk))
+            since_save += len(chunk)
+            if since_save >= args.save_every:
+                save()
+                since_save = 0
+
+
 # ---------------------------------------------------------------------------------- run
 
 
 def run(args: Args) -> int:
     """Describe every readable image of the catalogue; print a JSON summary."""
     import torch
-    from tqdm import tqdm
 
-    from lavic.data.images import LOADED, ImageStats, read_image
+    from lavic.data.images import ImageStats
     from lavic.data.loaders import load_item_meta
     from lavic.data.records import LoadReport
     from lavic.io import atomic_write_text
@@ -258,28 +287,11 @@ def run(args: Args) -> int:
     backbone.model.to(device).eval()
 
     stats = ImageStats()
-    since_save = 0
-    with tqdm(total=len(todo), desc="describe", unit="img") as bar:
-        for start in range(0, len(todo), args.batch_size):
-            chunk = todo[start : start + args.batch_size]
-            images, titles, names = [], [], []
-            for _, title, name in chunk:
-                image, outcome = read_image(args.image_dir, name)
-                stats.add(outcome)
-                if outcome == LOADED:
-                    images.append(image)
-                    titles.append(title if title is not None else MISSING_TITLE)
-                    names.append(name)
-            if images:
-                texts = generate_descriptions(
-                    backbone, images, titles, max_new_tokens=args.max_new_tokens, device=device
-                )
-                descriptions.update(zip(names, texts, strict=True))
-            bar.update(len(chunk))
-            since_save += len(chunk)
-            if since_save >= args.save_every:
-                save()
-                since_save = 0
+    try:
+        _describe_all(todo, args, backbone, device, stats, descriptions, save)
+    except BaseException:
+        save()  # keep what was done (Ctrl-C, an out-of-memory error): a rerun continues
+        raise
     save()
     summary = {
         "output_path": str(args.output_path),
