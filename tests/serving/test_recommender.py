@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import threading
 import time
@@ -222,3 +223,55 @@ def test_micro_batcher_refuses_work_when_stopped():
             await batcher.submit(1)
 
     run(main())
+
+
+def test_text_only_model_is_served_text_only(recommender, tuned_dir, index_dir, embedder, tmp_path):
+    import shutil
+
+    import yaml
+
+    from lavic.data.records import Conversation, ItemMeta
+    from lavic.evaluation.evaluate import decode_conversations
+    from lavic.serving.recommender import Recommender
+
+    text_only = tmp_path / "text_only"
+    shutil.copytree(tuned_dir, text_only)
+    config = yaml.safe_load((text_only / "config.yaml").read_text())
+    (text_only / "config.yaml").write_text(yaml.safe_dump({**config, "no_images": True}))
+    parent = (tuned_dir / json.loads((tuned_dir / "lavic.json").read_text())["parent"]).resolve()
+    info = json.loads((text_only / "lavic.json").read_text())
+    (text_only / "lavic.json").write_text(json.dumps({**info, "parent": str(parent)}))
+    served = Recommender.load(
+        text_only, index_dir, embedder=embedder, device="cpu", backbone=recommender.backbone
+    )
+    assert served.with_images is False
+    conversation, candidates = CONVERSATIONS[3][0], ITEM_IDS[:6]
+    result = served.recommend(conversation, candidates)
+    meta = {i: ItemMeta(i, e.title, ()) for i, e in recommender.catalogue.items.items()}
+    conv = Conversation(
+        context=conversation,
+        context_items=(),
+        gt="",
+        gt_items=("x",),
+        candidates={"candidates_st": tuple(candidates)},
+        source="mem",
+        line=1,
+        raw={},
+    )
+    oracle = decode_conversations(
+        recommender.backbone,
+        [conv],
+        "candidates_st",
+        meta,
+        None,
+        decoding="score",
+        max_length=2048,
+        batch_size=1,
+    ).decoded[0]
+    assert [c.item_id for c in result.candidates] == oracle.ranking
+    assert [c.log_likelihood for c in result.candidates] == pytest.approx(oracle.scores, abs=1e-4)
+    # ... and differs from the same model reading the images (the tokens matter).
+    with_images = recommender.recommend(conversation, candidates)
+    assert {c.item_id: c.log_likelihood for c in with_images.candidates} != pytest.approx(
+        {c.item_id: c.log_likelihood for c in result.candidates}, abs=1e-3
+    )

@@ -25,7 +25,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -67,7 +67,12 @@ class Args:
     )
     batch_size: int = field(default=8, metadata={"help": "conversations per model forward"})
     max_length: int | None = field(
-        default=None, metadata={"help": "prompt token budget (default: the tuned model's)"}
+        default=None,
+        metadata={"help": "token budget of prompt + answer (default 2048, as lavic evaluate)"},
+    )
+    device: str = field(default="auto", metadata={"help": "auto (cuda if available), cpu, cuda"})
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = field(
+        default="auto", metadata={"help": "weights dtype; auto: bfloat16 on CUDA, else float32"}
     )
 
     def __post_init__(self) -> None:
@@ -454,7 +459,12 @@ def run(args: Args) -> int:
 
     # Fail on a bad model or index before the server starts listening.
     recommender = Recommender.load(
-        args.model_dir, args.index_dir, batch_size=args.batch_size, max_length=args.max_length
+        args.model_dir,
+        args.index_dir,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        device=args.device,
+        dtype=args.dtype,
     )
     app = create_app(recommender, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms)
     log.info("serving on http://%s:%d/ (API docs at /docs)", args.host, args.port)

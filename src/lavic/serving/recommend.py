@@ -11,6 +11,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from lavic.errors import LavicError
 from lavic.serving.recommender import DEFAULT_TOP_K, MAX_CANDIDATES, Recommender
@@ -40,7 +41,12 @@ class Args:
         default=DEFAULT_TOP_K, metadata={"help": "items to retrieve when no --candidates are given"}
     )
     max_length: int | None = field(
-        default=None, metadata={"help": "prompt token budget (default: the tuned model's)"}
+        default=None,
+        metadata={"help": "token budget of prompt + answer (default 2048, as lavic evaluate)"},
+    )
+    device: str = field(default="auto", metadata={"help": "auto (cuda if available), cpu, cuda"})
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = field(
+        default="auto", metadata={"help": "weights dtype; auto: bfloat16 on CUDA, else float32"}
     )
 
     def __post_init__(self) -> None:
@@ -66,7 +72,13 @@ def read_conversation(args: Args) -> str:
 
 def run(args: Args) -> int:
     conversation = read_conversation(args)
-    recommender = Recommender.load(args.model_dir, args.index_dir, max_length=args.max_length)
+    recommender = Recommender.load(
+        args.model_dir,
+        args.index_dir,
+        max_length=args.max_length,
+        device=args.device,
+        dtype=args.dtype,
+    )
     result = recommender.recommend(conversation, args.candidates, args.top_k)
     print(json.dumps(result.to_json(), indent=2, ensure_ascii=False))
     return 0

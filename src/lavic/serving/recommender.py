@@ -213,6 +213,8 @@ class Recommender:
         model_dir = resolve_model_dir(Path(model_dir))
         if max_length is None:
             max_length = DEFAULT_MAX_LENGTH
+        if max_length < 1:
+            raise LavicError(f"max_length must be >= 1, got {max_length}")
         if with_images is None:
             with_images = not bool(_tuned_settings(model_dir).get("no_images", False))
         if backbone is None:
