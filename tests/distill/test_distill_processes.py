@@ -33,7 +33,7 @@ def _cli(argv, **kw):
 
 
 def test_ddp_two_processes_on_cpu(tiny_catalogue, tmp_path):
-    common = ("--num_epochs", "1", "--lora_dropout", "0")
+    common = ("--num_epochs", "1", "--lora_dropout", "0", "--accelerator", "cpu")
     single = _cli(distill_argv(tiny_catalogue, tmp_path / "single", *common))
     assert single.returncode == 0, single.stderr[-3000:]
     ddp = _cli(

@@ -91,6 +91,9 @@ class Args:
     gradient_clip_val: float | None = field(
         default=None, metadata={"help": "clip the gradient norm to this value (off by default)"}
     )
+    accelerator: str = field(
+        default="auto", metadata={"help": "Lightning accelerator: auto, cpu, gpu, cuda, mps"}
+    )
     devices: str = field(
         default="auto", metadata={"help": "Lightning devices: auto, a count (2) or ids (0,1)"}
     )
@@ -165,11 +168,12 @@ class Args:
 # ---------------------------------------------------------------------------------- helpers
 
 
-def resolve_precision(precision: str) -> str:
+def resolve_precision(precision: str, accelerator: str = "auto") -> str:
     """``auto`` -> ``bf16-mixed`` on a CUDA GPU that supports bf16, else ``32-true``."""
     if precision != "auto":
         return precision
-    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+    on_gpu = accelerator in ("auto", "gpu", "cuda")
+    if on_gpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
         return "bf16-mixed"
     return "32-true"
 
@@ -303,7 +307,7 @@ def run(args: Args) -> int:
             raise LavicError(f"{path}: no such image folder")
 
     L.seed_everything(args.seed, workers=True, verbose=False)
-    precision = resolve_precision(args.precision)
+    precision = resolve_precision(args.precision, args.accelerator)
     output_dir = args.output_dir
     best_dir = output_dir / BEST_DIR
     ckpt_path = output_dir / CHECKPOINT_DIR / LAST_CHECKPOINT
@@ -362,7 +366,7 @@ def run(args: Args) -> int:
     module.train_sampler = train_loader.sampler
 
     trainer = L.Trainer(
-        accelerator="auto",
+        accelerator=args.accelerator,
         devices=parse_devices(args.devices),
         strategy=args.strategy,
         num_nodes=args.num_nodes,
