@@ -193,6 +193,40 @@ def parse_devices(devices: str) -> Any:
         ) from None
 
 
+def build_strategy(name: str, model, *, activation_checkpointing: bool = False) -> Any:
+    """Lightning's strategy for ``--strategy``; ``fsdp`` gets LaViC's wrapping.
+
+    ``fsdp`` shards every transformer block of the vision tower and the language model (the
+    frozen 7B weights are what does not fit one GPU), with ``use_orig_params=True`` so frozen
+    and LoRA parameters may share a block, and full (single-file) checkpoints on rank 0.
+    Any other name (``auto``, ``ddp``, ``deepspeed_stage_3``, ...) is passed to Lightning as is.
+    """
+    if name != "fsdp":
+        return name
+    from lightning.pytorch.strategies import FSDPStrategy
+    from torch import nn
+
+    # The block class of each transformer stack: the items of its `layers` ModuleList.
+    blocks = {
+        type(m[0])
+        for name, m in unwrap_llava(model).named_modules()
+        if isinstance(m, nn.ModuleList) and name.endswith("layers") and len(m) > 0
+    }
+    return FSDPStrategy(
+        auto_wrap_policy=blocks,
+        activation_checkpointing_policy=blocks if activation_checkpointing else None,
+        use_orig_params=True,
+        state_dict_type="full",
+        sharding_strategy="FULL_SHARD",
+    )
+
+
+def unwrap_llava(model):
+    from lavic.model.backbone import unwrap
+
+    return unwrap(model)
+
+
 def _load_samples(path: Path, *, lenient: bool, limit: int | None, what: str):
     from lavic.data.loaders import described_images, load_item_meta
     from lavic.data.records import LoadReport
@@ -278,13 +312,38 @@ def load_adapter_weights(peft_model, adapter_dir: Path) -> None:
         raise LavicError(f"{adapter_dir}: adapter does not fit the model ({unexpected[:3]})")
 
 
+def _make_trainer(L, args: Args, peft_model, precision: str, ckpt_path: Path):
+    from lightning.pytorch.loggers import CSVLogger
+
+    return L.Trainer(
+        accelerator=args.accelerator,
+        devices=parse_devices(args.devices),
+        strategy=build_strategy(
+            args.strategy, peft_model, activation_checkpointing=args.gradient_checkpointing
+        ),
+        num_nodes=args.num_nodes,
+        precision=precision,
+        max_epochs=args.num_epochs,
+        max_steps=args.max_steps,
+        accumulate_grad_batches=args.accumulate_grad_batches,
+        gradient_clip_val=args.gradient_clip_val,
+        callbacks=_checkpoint_callbacks(ckpt_path.parent, args.checkpoint_every_n_steps),
+        logger=CSVLogger(str(args.output_dir), name="logs"),
+        default_root_dir=str(args.output_dir),
+        num_sanity_val_steps=0,
+        use_distributed_sampler=False,  # ShardSampler shards by rank itself
+        log_every_n_steps=args.log_every_n_steps,
+        enable_model_summary=False,
+    )
+
+
 # ---------------------------------------------------------------------------------- run
 
 
 def run(args: Args) -> int:
     """Train the vision LoRA; write the best artefact, metrics and (optionally) the merged model."""
     import lightning as L
-    from lightning.pytorch.loggers import CSVLogger
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
 
     from lavic.artifacts import read_metrics, write_artifact
     from lavic.distill.module import (
@@ -324,7 +383,7 @@ def run(args: Args) -> int:
     parent = args.model_name if parent_info is not None else None
     base_model = parent_info["base_model"] if parent_info is not None else args.model_name
     backbone = load_backbone(args.model_name)
-    if args.gradient_checkpointing:
+    if args.gradient_checkpointing and args.strategy != "fsdp":  # FSDP checkpoints per block
         backbone.model.gradient_checkpointing_enable(
             gradient_checkpointing_kwargs={"use_reentrant": False}
         )
@@ -365,24 +424,10 @@ def run(args: Args) -> int:
     module.on_new_best = write_best
     module.train_sampler = train_loader.sampler
 
-    trainer = L.Trainer(
-        accelerator=args.accelerator,
-        devices=parse_devices(args.devices),
-        strategy=args.strategy,
-        num_nodes=args.num_nodes,
-        precision=precision,
-        max_epochs=args.num_epochs,
-        max_steps=args.max_steps,
-        accumulate_grad_batches=args.accumulate_grad_batches,
-        gradient_clip_val=args.gradient_clip_val,
-        callbacks=_checkpoint_callbacks(ckpt_path.parent, args.checkpoint_every_n_steps),
-        logger=CSVLogger(str(output_dir), name="logs"),
-        default_root_dir=str(output_dir),
-        num_sanity_val_steps=0,
-        use_distributed_sampler=False,  # ShardSampler shards by rank itself
-        log_every_n_steps=args.log_every_n_steps,
-        enable_model_summary=False,
-    )
+    try:
+        trainer = _make_trainer(L, args, peft_model, precision, ckpt_path)
+    except (ValueError, MisconfigurationException) as exc:  # impossible device/strategy combos
+        raise LavicError(f"cannot set up training: {exc}".splitlines()[0]) from None
 
     resume_from = None
     if args.resume:
