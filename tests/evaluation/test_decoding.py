@@ -22,7 +22,7 @@ from lavic.evaluation.decoding import (
     rank,
     score_candidates,
 )
-from lavic.model.backbone import build_tiny_random
+from lavic.model.backbone import build_tiny_random, unwrap
 from lavic.model.inputs import encode_prompt
 from lavic.model.item_tokens import encode_item_tokens, pixel_views
 from lavic.tune.module import embed_prompts
@@ -158,23 +158,123 @@ def test_trie_separates_a_prefix_by_eos_and_rejects_clashes():
 # ------------------------------------------------------------------------------ score
 
 
-def test_score_matches_brute_force_full_forwards(tiny):
-    rng = random.Random(2)
-    lists = [random_ids(rng, 10), random_ids(rng, 7), random_ids(rng, 4)]
-    prompts, embeds, batch = make_batch(tiny, lists, rng)
-    assert len(set(batch.lengths.tolist())) == 3  # rows really are padded differently
-    scored = score_candidates(tiny.model, tiny.tokenizer, batch, lists)
+def assert_scores_match_oracle(backbone, lists, strategy, rng, with_images=True):
+    """score_candidates against one full forward per (prompt, candidate): same log-probs
+    (1e-4), same ranking, duplicates scored once."""
+    prompts, embeds, batch = make_batch(backbone, lists, rng, with_images=with_images)
+    scored = score_candidates(backbone.model, backbone.tokenizer, batch, lists, strategy=strategy)
     for prompt, item_embeds, cands, scores in zip(prompts, embeds, lists, scored, strict=True):
-        p = len(encode_prompt(tiny.tokenizer, prompt))
+        p = len(encode_prompt(backbone.tokenizer, prompt))
         oracle = {}
-        for c in cands:
-            answer = answer_token_ids(tiny.tokenizer, c)
-            lp = full_logprobs(tiny, prompt, item_embeds, answer)
+        for c in dict.fromkeys(cands):
+            answer = answer_token_ids(backbone.tokenizer, c)
+            lp = full_logprobs(backbone, prompt, item_embeds, answer)
             oracle[c] = sum(float(lp[p - 1 + j, t]) for j, t in enumerate(answer))
-        assert set(scores) == set(cands)
-        for c in cands:
+        assert list(scores) == list(oracle)  # distinct candidates, prompt order
+        for c in oracle:
             assert scores[c] == pytest.approx(oracle[c], abs=1e-4)
-        assert rank(scores) == sorted(cands, key=lambda c: -oracle[c])
+        assert rank(scores) == sorted(oracle, key=lambda c: -oracle[c])
+    return batch
+
+
+@pytest.mark.parametrize("strategy", ["tree", "repeat"])
+def test_score_matches_brute_force_full_forwards(tiny, strategy):
+    # a re-drawn, larger head: the tiny model's near-uniform logits would hide e.g. answer
+    # positions shifted by one below the 1e-4 tolerance
+    model = randomised(tiny, 2)
+    rng = random.Random(2)
+    short = ["X", "12", "B0"]  # answers of 2-3 tokens next to 10-11-token ones
+    lists = [
+        random_ids(rng, 10) + short,
+        (lambda ids: ids + ids[::2])(random_ids(rng, 7)),  # duplicated candidates
+        random_ids(rng, 4),
+        random_ids(rng, 1),  # K = 1 in a batch of K = 13
+    ]
+    batch = assert_scores_match_oracle(model, lists, strategy, rng)
+    assert len(set(batch.lengths.tolist())) == 4  # rows really are padded differently
+    # every row K = 1, text-only: the tree holds a single answer per row
+    assert_scores_match_oracle(model, [random_ids(rng, 1), ["7"]], strategy, rng, False)
+
+
+def count_forwards(model):
+    """Hooks counting language-model forwards and the columns the LM head sees."""
+    llava = unwrap(model)
+    calls = {"lm": [], "head": []}
+    hooks = [
+        llava.model.language_model.register_forward_hook(
+            lambda m, a, kw, out: calls["lm"].append(kw["inputs_embeds"].shape[:2]),
+            with_kwargs=True,
+        ),
+        llava.lm_head.register_forward_hook(
+            lambda m, a, out: calls["head"].append(tuple(a[0].shape[:2]))
+        ),
+    ]
+    return calls, hooks
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_score_tree_agrees_with_cache_repeat(tiny, attn):
+    """The one-forward tree path and the prompt-then-repeated-cache path give the same
+    log-probs on a sharper random model, for both attention kernels that take a 4D mask;
+    the tree runs ONE language-model forward and the LM head only on the needed columns."""
+    model = randomised(tiny, 11)
+    model.model.set_attn_implementation(attn)
+    assert unwrap(model.model).config.text_config._attn_implementation == attn
+    rng = random.Random(9)
+    lists = [random_ids(rng, 9) + ["X"], random_ids(rng, 3), random_ids(rng, 6) * 2]
+    _, _, batch = make_batch(model, lists, rng)
+    calls, hooks = count_forwards(model.model)
+    try:
+        tree = score_candidates(model.model, model.tokenizer, batch, lists, strategy="tree")
+        tree_calls = {key: list(v) for key, v in calls.items()}
+        repeat = score_candidates(model.model, model.tokenizer, batch, lists, strategy="repeat")
+    finally:
+        for h in hooks:
+            h.remove()
+    for t, r in zip(tree, repeat, strict=True):
+        assert list(t) == list(r)
+        for c in t:
+            assert t[c] == pytest.approx(r[c], abs=1e-4)
+        assert rank(t) == rank(r)
+    width = max(len(answer_token_ids(model.tokenizer, c)) for cs in lists for c in cs)
+    k = max(len(set(cs)) for cs in lists)
+    p = batch.input_ids.shape[1]
+    assert tree_calls["lm"] == [(3, p + k * (width - 1))]
+    assert tree_calls["head"] == [(3, 1 + k * (width - 1))]
+    assert len(calls["lm"]) == 3  # repeat: the prompt, then the (B*K, L) answers
+
+
+def test_score_auto_falls_back_where_the_tree_mask_is_unsupported(tiny, monkeypatch, caplog):
+    import lavic.evaluation.decoding as decoding
+
+    rng = random.Random(10)
+    lists = [random_ids(rng, 3)]
+    _, _, batch = make_batch(tiny, lists, rng, with_images=False)
+    seen = []
+
+    def fake_repeat(model, batch, tokens):  # flash kernels cannot run here: record the call
+        seen.append(tuple(tokens.shape))
+        return torch.zeros(tokens.shape)
+
+    monkeypatch.setattr(decoding, "_score_repeat", fake_repeat)
+    text_config = tiny.model.config.text_config
+    monkeypatch.setattr(text_config, "_attn_implementation", "flash_attention_2")
+    with caplog.at_level("DEBUG", logger="lavic.evaluation.decoding"):
+        (scores,) = score_candidates(tiny.model, tiny.tokenizer, batch, lists)
+    assert seen and set(scores) == set(lists[0])
+    assert "cache-repeat path" in caplog.text and "flash_attention_2" in caplog.text
+    with pytest.raises(ValueError, match="flash_attention_2"):
+        score_candidates(tiny.model, tiny.tokenizer, batch, lists, strategy="tree")
+    # a sliding window shorter than the tree sequence would be silently dropped: fall back
+    monkeypatch.setattr(text_config, "_attn_implementation", "sdpa")
+    monkeypatch.setattr(text_config, "sliding_window", 16, raising=False)
+    seen.clear()
+    score_candidates(tiny.model, tiny.tokenizer, batch, lists)
+    assert seen
+    monkeypatch.setattr(text_config, "sliding_window", 10**6, raising=False)
+    seen.clear()
+    score_candidates(tiny.model, tiny.tokenizer, batch, lists)
+    assert not seen  # a window longer than the sequence changes nothing: tree
 
 
 def test_score_ranking_is_full_and_deduplicated(tiny):

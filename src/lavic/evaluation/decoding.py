@@ -6,8 +6,10 @@
 * ``constrained`` — greedy decoding where each step may only continue one of the candidates'
   token sequences (a prefix trie over ``ID tokens + EOS``): always a candidate.
 * ``score`` — every candidate ranked by the log-likelihood of its answer (``ID tokens + EOS``,
-  the exact sequence prompt tuning trains on). The prompt is run once; its KV cache is
-  repeated for the K candidates, which are scored in one forward. Gives a full ranking.
+  the exact sequence prompt tuning trains on). The prompt and all K answers run in ONE forward
+  under a "tree" attention mask (each answer sees the prompt and its own earlier tokens only),
+  so nothing is copied and the cost stays close to the bare prompt forward. Gives a full
+  ranking.
 
 All three read the same batch: left-padded prompt ids with the items' visual tokens already
 inserted into the embeddings (:func:`prepare_prompts`), so row ``b``'s prompt always ends at
@@ -18,6 +20,7 @@ Shapes: B conversations, P prompt width, K candidates, L answer width, V vocabul
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -28,6 +31,8 @@ import torch
 from lavic.model.backbone import unwrap
 from lavic.model.inputs import build_batch, encode_target
 from lavic.tune.module import embed_prompts
+
+logger = logging.getLogger(__name__)
 
 Decoding = Literal["generate", "constrained", "score"]
 DECODINGS: tuple[str, ...] = ("generate", "constrained", "score")
@@ -209,33 +214,146 @@ class Decoded:
     scores: list[float] | None = None
 
 
-@torch.no_grad()
-def score_candidates(
-    model, tokenizer, batch: PromptBatch, candidates: Sequence[Sequence[str]]
-) -> list[dict[str, float]]:
-    """Log-likelihood of each candidate's answer (ID tokens + EOS) after each prompt.
+# Attention implementations whose kernels take an arbitrary 4D mask as given (transformers'
+# masking_utils returns a 4D ``attention_mask`` untouched): ``sdpa`` reads a boolean mask
+# (True = attend), ``eager`` adds a float mask. Flash and paged kernels only know causal +
+# padding, so they keep the cache-repeat path.
+TREE_MASK_ATTENTION = ("sdpa", "eager")
 
-    The prompt batch runs once with the cache on; the cache is repeated K times per row and
-    the K answers of every row run in one forward ``(B*K, L)``. Answers are right-padded; a
-    padded position only follows the real tokens, so (causal attention) it changes nothing.
+ScoreStrategy = Literal["auto", "tree", "repeat"]
+
+
+def _answer_grid(tokenizer, candidates: Sequence[Sequence[str]], device):
+    """The distinct candidates of each row and their answers as a right-padded grid.
 
     Returns:
-        per conversation, ``{item_id: sum of log-probs}`` over its distinct candidates.
+        ``(uniq, tokens (B, K, L), real (B, K, L) bool)``; slots past a row's own candidate
+        count and positions past an answer's end hold the pad token and ``real`` False.
     """
     uniq = [list(dict.fromkeys(c)) for c in candidates]
     k = max(len(u) for u in uniq)
     answers = [[answer_token_ids(tokenizer, c) for c in u] for u in uniq]
     width = max(len(a) for row in answers for a in row)
-    b = batch.size
-    device = batch.input_ids.device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    tokens = torch.full((b, k, width), pad, dtype=torch.long, device=device)  # (B, K, L)
-    real = torch.zeros((b, k, width), dtype=torch.bool, device=device)
+    tokens = torch.full((len(uniq), k, width), pad, dtype=torch.long)  # (B, K, L)
+    real = torch.zeros((len(uniq), k, width), dtype=torch.bool)
     for i, row in enumerate(answers):
         for j, a in enumerate(row):
-            tokens[i, j, : len(a)] = torch.tensor(a, device=device)
+            tokens[i, j, : len(a)] = torch.tensor(a)
             real[i, j, : len(a)] = True
+    return uniq, tokens.to(device), real.to(device)
 
+
+def _answer_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log-softmax of ``logits (..., V)`` at ``targets (...)``, in float32, without
+    materialising the full log-softmax (one float copy of the logits, not two)."""
+    logits = logits.float()
+    picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    return picked - torch.logsumexp(logits, dim=-1)
+
+
+def _tree_supported(model, seq_len: int) -> str | None:
+    """Why the one-forward tree path cannot run on ``model`` (None when it can)."""
+    text_config = unwrap(model).config.text_config
+    impl = getattr(text_config, "_attn_implementation", None)
+    if impl not in TREE_MASK_ATTENTION:
+        return f"attention implementation {impl!r} takes no custom 4D mask"
+    window = getattr(text_config, "sliding_window", None)
+    if window is not None and seq_len > window:
+        # the tree mask would drop the model's window (applied on cache indices)
+        return f"sliding window {window} < tree sequence {seq_len}"
+    return None
+
+
+def _tree_mask(prompt_mask: torch.Tensor, k: int, w: int, impl: str, dtype) -> torch.Tensor:
+    """The 4D attention mask of ``[prompt | answer_1 | ... | answer_K]`` per row.
+
+    Query ``q`` may see key ``s`` iff ``s <= q``, ``s`` is a real prompt token or a token of
+    ``q``'s own answer (never another answer, never left padding). Every query also sees
+    itself, so a padding row is never empty (an all-masked softmax row gives NaN in sdpa).
+
+    Args:
+        prompt_mask: ``(B, P)``, 1 on real prompt tokens.
+        k, w: answers per row and tokens fed per answer (S = P + K*W).
+        impl: ``sdpa`` (boolean mask, True = attend) or ``eager`` (additive float mask).
+        dtype: the model's activations dtype (eager's mask).
+
+    Returns:
+        ``(B, 1, S, S)``.
+    """
+    b, p = prompt_mask.shape
+    device = prompt_mask.device
+    s = p + k * w
+    # block of each column: -1 for the prompt, j for answer j
+    block = torch.cat(
+        [
+            torch.full((p,), -1, dtype=torch.long, device=device),
+            torch.arange(k, device=device).repeat_interleave(w),
+        ]
+    )  # (S,)
+    idx = torch.arange(s, device=device)
+    causal = idx.unsqueeze(1) >= idx.unsqueeze(0)  # (S, S) [query, key]
+    same = (block.unsqueeze(0) == -1) | (block.unsqueeze(0) == block.unsqueeze(1))  # (S, S)
+    key_real = torch.cat(
+        [prompt_mask.bool(), torch.ones((b, k * w), dtype=torch.bool, device=device)], dim=1
+    )  # (B, S)
+    allowed = (causal & same).unsqueeze(0) & key_real.unsqueeze(1)  # (B, S, S)
+    allowed = allowed | torch.eye(s, dtype=torch.bool, device=device)
+    allowed = allowed.unsqueeze(1)  # (B, 1, S, S)
+    if impl == "sdpa":
+        return allowed
+    zero = torch.zeros((), dtype=dtype, device=device)
+    return torch.where(allowed, zero, torch.finfo(dtype).min)
+
+
+def _score_tree(model, batch: PromptBatch, tokens: torch.Tensor) -> torch.Tensor:
+    """Answer token log-probs ``(B, K, L)`` from ONE forward of prompt + all K answers.
+
+    Row layout: ``[prompt (P, left-padded) | answer_1 | ... | answer_K]``; each answer feeds
+    its first ``W = L - 1`` tokens (the last one predicts nothing we need). Answer ``j``'s
+    token ``t`` sits at position ``length + t``, as if it followed the prompt alone (the prompt
+    holds positions ``0 .. length-1``). The first answer token is read off the prompt's last
+    column; token ``t >= 1`` off answer ``j``'s column ``t - 1``. Since the prompt is left-
+    padded, the needed columns are exactly the last ``1 + K*W``: ``logits_to_keep`` keeps
+    only those, so the LM head never runs on the prompt.
+    """
+    b, k, width = tokens.shape
+    w = width - 1
+    device = tokens.device
+    embed = unwrap(model).get_input_embeddings()
+    fed = tokens[:, :, :w].reshape(b, k * w)  # (B, K*W)
+    embeds = torch.cat(
+        [batch.inputs_embeds, embed(fed).to(batch.inputs_embeds.dtype)], dim=1
+    )  # (B, S, D)
+    prompt_pos = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)  # (B, P)
+    answer_pos = batch.lengths.view(b, 1, 1) + torch.arange(w, device=device)  # (B, 1, W)
+    positions = torch.cat([prompt_pos, answer_pos.expand(b, k, w).reshape(b, k * w)], dim=1)
+    impl = unwrap(model).config.text_config._attn_implementation
+    mask = _tree_mask(batch.attention_mask, k, w, impl, embeds.dtype)
+    out = model(
+        inputs_embeds=embeds,
+        attention_mask=mask,
+        position_ids=positions,
+        use_cache=False,
+        logits_to_keep=1 + k * w,
+    )
+    logits = out.logits  # (B, 1 + K*W, V): prompt's last column, then the answers'
+    first = logits[:, 0].float().log_softmax(-1).gather(1, tokens[:, :, 0])  # (B, K)
+    if w == 0:
+        return first.unsqueeze(-1)
+    rest = _answer_logprobs(logits[:, 1:].reshape(b, k, w, -1), tokens[:, :, 1:])  # (B,K,W)
+    return torch.cat([first.unsqueeze(-1), rest], dim=2)
+
+
+def _score_repeat(model, batch: PromptBatch, tokens: torch.Tensor) -> torch.Tensor:
+    """Answer token log-probs ``(B, K, L)``: the prompt runs once with the cache on, the cache
+    is repeated K times per row and the K answers run in a second forward ``(B*K, L)``.
+
+    The fallback for attention kernels without custom masks. Answers are right-padded; a
+    padded position only follows the real tokens, so (causal attention) it changes nothing.
+    """
+    b, k, width = tokens.shape
+    device = tokens.device
     last_logits, cache = _prefill(model, batch)  # (B, V)
     first = last_logits.log_softmax(-1)  # (B, V): log P(answer's first token | prompt)
     logp = first.gather(1, tokens[:, :, 0]).unsqueeze(-1)  # (B, K, 1)
@@ -260,9 +378,53 @@ def score_candidates(
             cache=cache,
             use_cache=True,
         )
-        rest = out.logits[:, :-1].float().log_softmax(-1)  # (B*K, L-1, V): predicts tokens 1..
-        rest = rest.gather(2, flat[:, 1:].unsqueeze(-1)).squeeze(-1).reshape(b, k, width - 1)
+        # column t predicts token t+1
+        rest = _answer_logprobs(out.logits[:, :-1], flat[:, 1:]).reshape(b, k, width - 1)
         logp = torch.cat([logp, rest], dim=2)  # (B, K, L)
+    return logp
+
+
+@torch.no_grad()
+def score_candidates(
+    model,
+    tokenizer,
+    batch: PromptBatch,
+    candidates: Sequence[Sequence[str]],
+    *,
+    strategy: ScoreStrategy = "auto",
+) -> list[dict[str, float]]:
+    """Log-likelihood of each candidate's answer (ID tokens + EOS) after each prompt.
+
+    Args:
+        model, tokenizer: the backbone's.
+        batch: from :func:`prepare_prompts`.
+        candidates: each conversation's candidate IDs (duplicates are scored once).
+        strategy: ``tree``: one forward of ``[prompt | answer_1 | ... | answer_K]`` per row
+            under a tree attention mask (no KV-cache copy); ``repeat``: prompt forward, KV
+            cache repeated K times, answers in a second forward; ``auto`` (default): ``tree``
+            where the attention implementation takes a 4D mask (sdpa, eager), else ``repeat``.
+
+    Returns:
+        per conversation, ``{item_id: sum of log-probs}`` over its distinct candidates.
+
+    Raises:
+        ValueError: ``strategy="tree"`` on a model whose attention cannot take the mask.
+    """
+    uniq, tokens, real = _answer_grid(tokenizer, candidates, batch.input_ids.device)
+    b, k, width = tokens.shape
+    if strategy not in ("auto", "tree", "repeat"):
+        raise ValueError(f"unknown score strategy {strategy!r}")
+    if strategy != "repeat":
+        why_not = _tree_supported(model, batch.input_ids.shape[1] + k * (width - 1))
+        if why_not is None:
+            strategy = "tree"
+        elif strategy == "tree":
+            raise ValueError(f"tree scoring is not possible: {why_not}")
+        else:
+            logger.debug("score: cache-repeat path (%s)", why_not)
+            strategy = "repeat"
+    score = _score_tree if strategy == "tree" else _score_repeat
+    logp = score(model, batch, tokens)  # (B, K, L)
     totals = (logp * real).sum(-1).cpu()  # (B, K)
     return [{c: float(totals[i, j]) for j, c in enumerate(u)} for i, u in enumerate(uniq)]
 
