@@ -105,6 +105,8 @@ def _iter_jsonl_objects(
                 continue
             try:
                 obj = json.loads(text)
+            except RecursionError:
+                raise _BadRecord("JSON nested too deeply") from None
             except json.JSONDecodeError as exc:
                 if not raw.endswith(b"\n"):
                     # The last line of a file cut off mid-write has no newline.
@@ -406,6 +408,8 @@ def _iter_top_level_object(path: Path, text: str) -> Iterator[tuple[str, Any, in
     if text[idx] != "{":
         try:
             value = json.loads(text)
+        except RecursionError:
+            raise DataError(path, "JSON nested too deeply", line_at(idx)) from None
         except json.JSONDecodeError as exc:
             raise _json_decode_error(path, text, exc) from None
         raise DataError(
@@ -431,7 +435,13 @@ def _iter_top_level_object(path: Path, text: str) -> Iterator[tuple[str, Any, in
                 if idx >= n or text[idx] != ":":
                     raise json.JSONDecodeError("Expecting ':' delimiter", text, idx)
                 idx = _WHITESPACE.match(text, idx + 1).end()
-                value, idx = decoder.raw_decode(text, idx)
+                try:
+                    value, idx = decoder.raw_decode(text, idx)
+                except RecursionError:
+                    # Where the value ends is unknown: nothing after it can be read.
+                    raise DataError(
+                        path, f"item {key!r}: JSON nested too deeply", key_line
+                    ) from None
                 yield key, value, key_line
                 idx = _WHITESPACE.match(text, idx).end()
                 if idx < n and text[idx] == ",":
