@@ -87,7 +87,8 @@ class Args:
     precision: Precision = field(
         default="auto",
         metadata={
-            "help": "Lightning precision; auto: bf16-true on a CUDA GPU with bf16, else 32-true"
+            "help": "Lightning precision; auto: bf16-mixed on a CUDA GPU with bf16 (frozen weights "
+                "in bf16, LoRA in fp32), else 32-true"
         },
     )
     accelerator: str = field(
@@ -169,16 +170,27 @@ class Args:
 
 
 def resolve_precision(precision: str, accelerator: str = "auto") -> str:
-    """``auto`` -> ``bf16-true`` on a CUDA GPU that supports bf16, else ``32-true``."""
+    """``auto`` -> ``bf16-mixed`` on a CUDA GPU that supports bf16, else ``32-true``."""
     if precision != "auto":
         return precision
     use_cuda = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
-    return "bf16-true" if use_cuda and torch.cuda.is_bf16_supported() else "32-true"
+    return "bf16-mixed" if use_cuda and torch.cuda.is_bf16_supported() else "32-true"
 
 
 def load_dtype(precision: str) -> torch.dtype:
-    """Weights dtype for a Lightning precision (mixed precision keeps float32 weights)."""
-    return {"bf16-true": torch.bfloat16, "16-true": torch.float16}.get(precision, torch.float32)
+    """Dtype of the frozen backbone's weights for a Lightning precision.
+
+    With ``*-mixed`` the frozen weights are loaded in half precision too (they never
+    update, and a 7B model in float32 would double the memory), while the LoRA weights that
+    train stay float32 (PEFT keeps adapters float32 on a half-precision base) under autocast.
+    ``*-true`` casts everything, LoRA included, to half precision: at lr 5e-5 Adam's updates
+    are near bfloat16's resolution, so it is not the default.
+    """
+    if precision.startswith("bf16"):
+        return torch.bfloat16
+    if precision.startswith("16"):
+        return torch.float16
+    return torch.float32
 
 
 def _devices(value: str) -> int | str | list[int]:
@@ -291,7 +303,9 @@ def run(args: Args) -> int:
 
     # -- model: base + stage-1 adapter merged
     precision = resolve_precision(args.precision, args.accelerator)
-    backbone = load_backbone(args.model_dir, dtype=load_dtype(precision))
+    dtype = load_dtype(precision)
+    backbone = load_backbone(args.model_dir, dtype=dtype)
+    backbone.model.to(dtype)  # built-in backbones (tiny-random) are built in float32
     if args.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
         backbone.model.to("cuda")  # encode the cache on the GPU (training moves it anyway)
     tokenizer = backbone.tokenizer
