@@ -47,6 +47,9 @@ SPLITS: tuple[str, ...] = ("train", "valid", "test")
 IMAGE_NAME_RE = re.compile(r"^(?P<item>.+)_(?P<index>\d+)\.jpg$", re.IGNORECASE)
 
 _WHITESPACE = re.compile(r"[ \t\n\r]*")
+# A JSON escape of a UTF-16 surrogate: valid JSON syntax, but alone (unpaired) it is no
+# character at all; Python keeps it in the str, and the tokenizer or a UTF-8 write fails later.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89abcdefABCDEF]")
 
 
 class _BadRecord(Exception):
@@ -117,10 +120,36 @@ def _iter_jsonl_objects(
                 raise _BadRecord(f"malformed JSON: {exc.msg} (column {exc.colno})") from None
             if not isinstance(obj, dict):
                 raise _BadRecord(f"expected a JSON object on each line, got {_json_kind(obj)}")
+            if _SURROGATE_ESCAPE.search(text):
+                _check_unicode(obj)
         except _BadRecord as exc:
             _reject(path, lineno, str(exc), lenient=lenient, report=report)
             continue
         yield lineno, obj
+
+
+def _check_unicode(value: Any) -> None:
+    """Refuse an unpaired surrogate anywhere in the parsed JSON ``value`` (keys included).
+
+    Called only when the text holds a surrogate escape (rare), so ordinary records are not
+    walked.
+    """
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise _BadRecord(
+                    f"unpaired surrogate \\u{ord(item[exc.start]):04x} in a string "
+                    "(not valid Unicode)"
+                ) from None
+        elif isinstance(item, dict):
+            stack.extend(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
 
 
 def _reject(path: Path, lineno: int | None, problem: str, *, lenient: bool, report: LoadReport):
@@ -483,8 +512,12 @@ def _read_text(path: Path) -> str:
 def _load_train_meta(path: Path, *, lenient: bool, report: LoadReport) -> dict[str, ItemMeta]:
     items: dict[str, ItemMeta] = {}
     first_line: dict[str, int] = {}
-    for item_id, value, lineno in _iter_top_level_object(path, _read_text(path)):
+    text = _read_text(path)
+    check_unicode = _SURROGATE_ESCAPE.search(text) is not None
+    for item_id, value, lineno in _iter_top_level_object(path, text):
         try:
+            if check_unicode:
+                _check_unicode([item_id, value])
             if item_id in first_line:
                 raise _BadRecord(
                     f"duplicate item id {item_id!r} (first on line {first_line[item_id]})"
