@@ -44,8 +44,10 @@ from lavic.tune.train import add_language_lora
 
 log = logging.getLogger("bench_cache")
 
-WORDS = ("looking for a gift my sister likes red mugs with stripes but not too big and "
-         "dishwasher safe any ideas thanks I tried the blue one and it chipped").split()
+SENTENCE = (
+    "looking for a gift my sister likes red mugs with stripes but not too big and "
+    "dishwasher safe any ideas thanks I tried the blue one and it chipped"
+)
 
 
 def load_model(name: str) -> tuple[Backbone, str]:
@@ -97,17 +99,27 @@ def bench_cache(
         for item_id in ids:  # product-photo-sized noise: decoding and resizing cost as usual
             pixels = rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)
             Image.fromarray(pixels).save(image_dir / item_image_name(item_id, 0), quality=90)
-        cache = build_item_token_cache(backbone, ids, image_dir, Path(tmp) / "cache",
-                                       fingerprint=f"bench:{model}", progress=False)
+        cache = build_item_token_cache(
+            backbone,
+            ids,
+            image_dir,
+            Path(tmp) / "cache",
+            fingerprint=f"bench:{model}",
+            progress=False,
+        )
         images = [load_image(image_dir, item_image_name(i, 0)) for i in ids]
         views = pixel_views(backbone.image_processor, images)  # (C, 5, C, H, W)
 
-        conversation = "<submission>" + " ".join(
-            WORDS[k % len(WORDS)] for k in range(conversation_words)) + "</submission>"
-        prompt = build_recommend_prompt(tok, conversation, [(i, f"striped mug {i}") for i in ids],
-                                        max_length=8192)
-        batch = build_batch(tok, [prompt.text] * batch_size, [ids[3]] * batch_size,
-                            max_length=8192)
+        words = SENTENCE.split()
+        conversation = (
+            "<submission>"
+            + " ".join(words[k % len(words)] for k in range(conversation_words))
+            + "</submission>"
+        )
+        prompt = build_recommend_prompt(
+            tok, conversation, [(i, f"striped mug {i}") for i in ids], max_length=8192
+        )
+        batch = build_batch(tok, [prompt.text] * batch_size, [ids[3]] * batch_size, max_length=8192)
         row_ids = ids * batch_size  # reading order: every row shows the same candidates
 
         peft = add_language_lora(backbone.model, r=8, alpha=32, dropout=0.1)
@@ -126,15 +138,24 @@ def bench_cache(
             with torch.no_grad():
                 return encode_item_tokens(llava, pixel_views(backbone.image_processor, loaded))
 
-        variants = {"cache": tokens_cache, "recompute_tower": tokens_tower,
-                    "recompute_full": tokens_full}
+        variants = {
+            "cache": tokens_cache,
+            "recompute_tower": tokens_tower,
+            "recompute_full": tokens_full,
+        }
 
         def train_step(get_tokens) -> None:
             item_tokens = get_tokens()
-            loss_sum, n = target_loss_sums(peft, tok, {
-                "input_ids": batch.input_ids, "attention_mask": batch.attention_mask,
-                "labels": batch.labels, "item_tokens": item_tokens,
-            })
+            loss_sum, n = target_loss_sums(
+                peft,
+                tok,
+                {
+                    "input_ids": batch.input_ids,
+                    "attention_mask": batch.attention_mask,
+                    "labels": batch.labels,
+                    "item_tokens": item_tokens,
+                },
+            )
             (loss_sum / n).backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -188,10 +209,18 @@ def bench_cache(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["tiny-random", "tiny"])
-    parser.add_argument("--steps", type=int, default=None,
-                        help="steps per timed run (default: 5 for tiny-random, else 2)")
-    parser.add_argument("--repeats", type=int, default=None,
-                        help="timed runs per variant (default: 3 for tiny-random, else 2)")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="steps per timed run (default: 5 for tiny-random, else 2)",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help="timed runs per variant (default: 3 for tiny-random, else 2)",
+    )
     parser.add_argument("--conversation_words", type=int, default=300)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--output", type=Path, default=None)
@@ -202,15 +231,22 @@ def main() -> None:
         small = name == "tiny-random"
         steps = args.steps or (5 if small else 2)
         repeats = args.repeats or (3 if small else 2)
-        result = bench_cache(name, steps=steps, repeats=repeats, threads=args.threads,
-                             conversation_words=args.conversation_words)
+        result = bench_cache(
+            name,
+            steps=steps,
+            repeats=repeats,
+            threads=args.threads,
+            conversation_words=args.conversation_words,
+        )
         results.append(result)
         s = result["samples_per_s"]
-        print(f"{name}: prompt {result['prompt_tokens']} tokens, {result['num_candidates']} "
-              f"candidates; samples/s cache {s['cache']:.3f}, recompute tower "
-              f"{s['recompute_tower']:.3f}, recompute full {s['recompute_full']:.3f}; ratio "
-              f"x{result['ratio_cache_vs_recompute_tower']:.2f} (tower), "
-              f"x{result['ratio_cache_vs_recompute_full']:.2f} (full)")
+        print(
+            f"{name}: prompt {result['prompt_tokens']} tokens, {result['num_candidates']} "
+            f"candidates; samples/s cache {s['cache']:.3f}, recompute tower "
+            f"{s['recompute_tower']:.3f}, recompute full {s['recompute_full']:.3f}; ratio "
+            f"x{result['ratio_cache_vs_recompute_tower']:.2f} (tower), "
+            f"x{result['ratio_cache_vs_recompute_full']:.2f} (full)"
+        )
     if args.output is not None:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(json.dumps(results, indent=2) + "\n")

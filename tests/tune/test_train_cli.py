@@ -215,8 +215,10 @@ def test_tune_text_only_and_resume(stage1, catalogue, tmp_path: Path):
 def test_tune_bf16_mixed(stage1, catalogue, tmp_path: Path):
     """The GPU default: frozen weights (and so the cached tokens) in bf16, LoRA in fp32."""
     out = tmp_path / "ft"
-    assert tune(stage1, catalogue, out, "--precision", "bf16-mixed", "--max_steps", "2",
-                "--skip_eval") == 0
+    assert (
+        tune(stage1, catalogue, out, "--precision", "bf16-mixed", "--max_steps", "2", "--skip_eval")
+        == 0
+    )
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["precision"] == "bf16-mixed" and metrics["steps"] == 2
     assert json.loads((out / "item_tokens" / "index.json").read_text())["dtype"] == "bfloat16"

@@ -88,7 +88,7 @@ class Args:
         default="auto",
         metadata={
             "help": "Lightning precision; auto: bf16-mixed on a CUDA GPU with bf16 (frozen weights "
-                "in bf16, LoRA in fp32), else 32-true"
+            "in bf16, LoRA in fp32), else 32-true"
         },
     )
     accelerator: str = field(
