@@ -107,7 +107,7 @@ def _iter_jsonl_objects(
             if not text.strip():
                 continue
             try:
-                obj = json.loads(text)
+                obj = json.loads(text, object_pairs_hook=_object_without_duplicate_keys)
             except RecursionError:
                 raise _BadRecord("JSON nested too deeply") from None
             except json.JSONDecodeError as exc:
@@ -126,6 +126,18 @@ def _iter_jsonl_objects(
             _reject(path, lineno, str(exc), lenient=lenient, report=report)
             continue
         yield lineno, obj
+
+
+def _object_without_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # json.loads keeps only the last of repeated keys: a silent drop of the others.
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _BadRecord(f"duplicate key {key!r} (JSON would keep only the last)")
+            seen.add(key)
+    return obj
 
 
 def _check_unicode(value: Any) -> None:
