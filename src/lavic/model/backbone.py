@@ -194,7 +194,7 @@ def _load_hf(name: str, dtype: torch.dtype | None) -> Backbone:
     try:
         processor = LlavaNextProcessor.from_pretrained(name)
         model = LlavaNextForConditionalGeneration.from_pretrained(name, use_safetensors=True, **kwargs)
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # ValueError: HFValidationError for a bad local path
         raise LavicError(
             f"cannot load LLaVA-NeXT checkpoint {name!r}: {exc}".splitlines()[0]
             + " (give a local directory, a Hub id reachable online, `tiny` or `tiny-random`)"
@@ -207,7 +207,10 @@ def _load_hf(name: str, dtype: torch.dtype | None) -> Backbone:
 
 def _load_base(name: str, dtype: torch.dtype | None) -> Backbone:
     if name == "tiny-random":
-        return build_tiny_random()
+        backbone = build_tiny_random()
+        if dtype is not None:
+            backbone.model.to(dtype)
+        return backbone
     if name == "tiny":
         from lavic.model.tiny import load_tiny
 
