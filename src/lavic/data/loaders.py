@@ -205,14 +205,20 @@ def _as_optional_str(value: Any, key: str) -> str | None:
     return value
 
 
-def _as_id_list(value: Any, key: str, *, non_empty: bool = False) -> tuple[str, ...]:
+def _as_id_list(
+    value: Any, key: str, *, non_empty: bool = False, unique: bool = False
+) -> tuple[str, ...]:
     if not isinstance(value, list):
         raise _BadRecord(f"key {key!r} must be a list of item ids, got {_json_kind(value)}")
+    first: dict[str, int] = {}
     for i, item in enumerate(value):
         if not isinstance(item, str):
             raise _BadRecord(f"key {key!r}[{i}] must be a string item id, got {_json_kind(item)}")
         if not item.strip():
             raise _BadRecord(f"key {key!r}[{i}] is an empty item id")
+        if unique and item in first:
+            raise _BadRecord(f"key {key!r}[{i}] repeats item id {item!r} (first at [{first[item]}])")
+        first.setdefault(item, i)
     if non_empty and not value:
         raise _BadRecord(f"key {key!r} is an empty list")
     return tuple(value)
@@ -227,7 +233,8 @@ def _conversation(obj: dict[str, Any], source: str, lineno: int) -> Conversation
     gt = _as_str(_require(obj, "gt"), "gt")
     gt_items = _as_id_list(_require(obj, "gt_items"), "gt_items", non_empty=True)
     candidates = {
-        key: _as_id_list(value, key, non_empty=True)
+        # A candidate shown twice is a data error (the published lists never repeat one).
+        key: _as_id_list(value, key, non_empty=True, unique=True)
         for key, value in obj.items()
         if key.startswith(CANDIDATES_PREFIX)
     }
