@@ -29,7 +29,7 @@ from json.decoder import scanstring
 from pathlib import Path
 from typing import Any
 
-from lavic.constants import MISSING_TITLE
+from lavic.constants import ITEM_TOKENS, MISSING_TITLE
 from lavic.data.records import (
     CANDIDATES_PREFIX,
     Conversation,
@@ -197,6 +197,16 @@ def _as_str(value: Any, key: str) -> str:
     return value
 
 
+def _no_item_tokens(text: str | None, key: str) -> str | None:
+    # The five placeholders are special tokens: in a prompt's text they would take a visual
+    # token each, and the item-token count would no longer match the items shown.
+    if text and "<ItemImageEmb" in text:
+        for token in ITEM_TOKENS:
+            if token in text:
+                raise _BadRecord(f"key {key!r} holds the reserved item token {token!r}")
+    return text
+
+
 def _as_optional_str(value: Any, key: str) -> str | None:
     if value is None:
         return None
@@ -217,7 +227,9 @@ def _as_id_list(
         if not item.strip():
             raise _BadRecord(f"key {key!r}[{i}] is an empty item id")
         if unique and item in first:
-            raise _BadRecord(f"key {key!r}[{i}] repeats item id {item!r} (first at [{first[item]}])")
+            raise _BadRecord(
+                f"key {key!r}[{i}] repeats item id {item!r} (first at [{first[item]}])"
+            )
         first.setdefault(item, i)
     if non_empty and not value:
         raise _BadRecord(f"key {key!r} is an empty list")
@@ -228,7 +240,7 @@ def _as_id_list(
 
 
 def _conversation(obj: dict[str, Any], source: str, lineno: int) -> Conversation:
-    context = _as_str(_require(obj, "context"), "context")
+    context = _no_item_tokens(_as_str(_require(obj, "context"), "context"), "context")
     context_items = _as_id_list(_require(obj, "context_items"), "context_items")
     gt = _as_str(_require(obj, "gt"), "gt")
     gt_items = _as_id_list(_require(obj, "gt_items"), "gt_items", non_empty=True)
@@ -377,7 +389,7 @@ def _image_sort_key(name: str) -> tuple[int, str]:
 
 
 def _title(value: Any) -> str | None:
-    title = _as_optional_str(value, "title")
+    title = _no_item_tokens(_as_optional_str(value, "title"), "title")
     # An empty title is as good as none: the prompt would show "ID: " with nothing after it.
     return title if title and title.strip() else None
 
@@ -414,7 +426,8 @@ def _train_item(item_id: str, value: Any) -> ItemMeta:
             )
         descriptions: dict[str, str] = {}
         for name, text in descriptions_value.items():
-            descriptions[name] = _as_str(text, f"image_descriptions_llava_cleaned[{name!r}]")
+            key = f"image_descriptions_llava_cleaned[{name!r}]"
+            descriptions[name] = _no_item_tokens(_as_str(text, key), key)
     except _BadRecord as exc:
         raise _BadRecord(f"item {item_id!r}: {exc}") from None
     extra = sorted(set(descriptions) - set(names), key=_image_sort_key)
@@ -567,8 +580,11 @@ def _load_valid_meta(path: Path, *, lenient: bool, report: LoadReport) -> dict[s
                 )
             title = _title(obj.get("title"))
             url = _as_optional_str(obj.get("image"), "image")
-            description = _as_optional_str(
-                obj.get("image_description_llava_cleaned"), "image_description_llava_cleaned"
+            description = _no_item_tokens(
+                _as_optional_str(
+                    obj.get("image_description_llava_cleaned"), "image_description_llava_cleaned"
+                ),
+                "image_description_llava_cleaned",
             )
         except _BadRecord as exc:
             _reject(path, lineno, str(exc), lenient=lenient, report=report)

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from lavic.constants import (
+    ITEM_TOKENS,
     RECOMMEND_CANDIDATE,
     RECOMMEND_CANDIDATE_TEXT_ONLY,
     RECOMMEND_PROMPT_HEAD,
@@ -29,6 +30,21 @@ class RecommendPrompt:
     candidate_ids: tuple[str, ...]  # in prompt order; their tokens fill the placeholders in order
     truncated: bool  # the conversation was cut to fit
     conversation_tokens_dropped: int
+
+
+def _check_text(text: str, what: str) -> None:
+    """Free text of a prompt must be valid Unicode and hold no item-token placeholder (a
+    special token that would take a visual token and break the count of items shown)."""
+    if "<ItemImageEmb" in text:
+        for token in ITEM_TOKENS:
+            if token in text:
+                raise LavicError(f"{what} holds the reserved item token {token!r}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise LavicError(
+            f"{what} is not valid Unicode (unpaired surrogate \\u{ord(text[exc.start]):04x})"
+        ) from None
 
 
 def _render(conversation: str, candidates: Sequence[tuple[str, str]], with_images: bool) -> str:
@@ -56,10 +72,15 @@ def build_recommend_prompt(
         with_images: include each candidate's five item tokens (False: text-only ablation).
 
     Raises:
-        LavicError: when the candidates alone do not fit (no conversation budget left).
+        LavicError: when the candidates alone do not fit (no conversation budget left), or the
+            conversation or a candidate line holds an item-token placeholder or an unpaired
+            surrogate (one prompt's problem: a batch of others is not affected).
     """
     if not candidates:
         raise LavicError("a recommendation prompt needs at least one candidate")
+    _check_text(conversation, "the conversation")
+    for item_id, title in candidates:
+        _check_text(f"{item_id}: {title}", f"candidate {item_id[:40]!r}")
     ids = tuple(i for i, _ in candidates)
     text = _render(conversation, candidates, with_images)
     budget = max_length - answer_reserve
