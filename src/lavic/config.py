@@ -98,6 +98,8 @@ def _coerce(cls: type, name: str, value: Any, source: str) -> Any:
             if not isinstance(value, list | tuple):
                 raise ValueError("must be a list")
             inner = get_args(tp)[0] if get_args(tp) else str
+            if any(v is None or isinstance(v, list | dict) for v in value):
+                raise ValueError("must be a list of single values (no nulls, lists or mappings)")
             return [inner(v) for v in value]
         if tp is bool:
             if not isinstance(value, bool):
@@ -108,6 +110,8 @@ def _coerce(cls: type, name: str, value: Any, source: str) -> Any:
         if tp in (int, float, str, Path):
             if tp in (int, float) and isinstance(value, bool):
                 raise ValueError(f"must be a {tp.__name__}")
+            if isinstance(value, list | dict):  # str([...]) would pass silently
+                raise ValueError(f"must be a single value, got a {type(value).__name__}")
             return tp(value)
     except (TypeError, ValueError) as exc:
         raise LavicError(f"{source}: option {name!r}: {exc}") from None
