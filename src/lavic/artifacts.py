@@ -93,6 +93,7 @@ def write_artifact(
     metrics: dict[str, Any],
     base_model: str,
     parent: str | os.PathLike[str] | None = None,
+    state_dict: dict[str, Any] | None = None,
 ) -> Path:
     """Write a self-describing artefact directory atomically.
 
@@ -108,13 +109,18 @@ def write_artifact(
         base_model: The model the adapter (lineage) applies to: what ``--model_name`` named.
         parent: The artefact this one was trained on top of (stage 2: the distill artefact),
             stored relative to ``out_dir``; None for the first stage.
+        state_dict: The adapter weights, named as in ``model.state_dict()``, when the live
+            model cannot give them whole (sharded by FSDP); default: read from ``model``.
 
     Returns:
         ``out_dir`` as a Path.
     """
     out = Path(out_dir)
     with atomic_directory(out) as tmp:
-        model.save_pretrained(str(tmp), safe_serialization=True, save_embedding_layers=False)
+        extra = {"state_dict": state_dict} if state_dict is not None else {}
+        model.save_pretrained(
+            str(tmp), safe_serialization=True, save_embedding_layers=False, **extra
+        )
         if not (tmp / ADAPTER_WEIGHTS).is_file():
             raise RuntimeError(f"PEFT wrote no {ADAPTER_WEIGHTS} in {tmp}")
         backbone.save_preprocessing(tmp)

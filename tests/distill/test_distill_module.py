@@ -311,3 +311,16 @@ def test_a_failed_write_leaves_the_previous_artifact(
         write_artifact(out, metrics={"n": 2}, **kwargs)
     assert json.loads((out / "metrics.json").read_text()) == {"n": 1}
     assert sorted(p.name for p in out.parent.iterdir()) == ["best"]  # no temp dir left
+
+
+def test_parameter_names_are_cleaned_of_fsdp_wrappers(wrapped):
+    name = "model.base_model.model._fsdp_wrapped_module.model.vision_tower.encoder.layers.0."
+    name += "_fsdp_wrapped_module._checkpoint_wrapped_module.mlp.fc1.lora_A.default.weight"
+    assert dm.clean_param_name(name) == (
+        "model.base_model.model.model.vision_tower.encoder.layers.0.mlp.fc1.lora_A.default.weight"
+    )
+    backbone, peft_model, _ = wrapped
+    module = _module(backbone, peft_model)
+    state = module.adapter_state_dict()  # no trainer: the local weights
+    assert {f"model.{k}" for k in state} == module.trainable_keys()
+    assert all(t.device.type == "cpu" for t in state.values())

@@ -283,6 +283,14 @@ def target_nll(
     return nll, mask.sum()
 
 
+def clean_param_name(name: str) -> str:
+    """A parameter's name without FSDP / activation-checkpointing wrapper segments, i.e. as
+    in a full state dict."""
+    for wrapper in ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module."):
+        name = name.replace(wrapper, "")
+    return name
+
+
 def perplexity(loss: float) -> float:
     """``exp(loss)``, inf instead of an overflow."""
     return math.exp(loss) if loss < 700 else float("inf")
@@ -315,8 +323,8 @@ class DistillModule(L.LightningModule):
     Attributes set by the caller between runs of the trainer:
         eval_mode: ``"student"`` (5 item tokens) or ``"teacher"`` (full image tokens).
         eval_label: name under which a ``trainer.validate`` result is kept in ``results``.
-        on_new_best: called (global rank 0 only) with the epoch record when a validation
-            during fit beats the best loss so far.
+        on_new_best: called (global rank 0 only) with the epoch record and the adapter's
+            state dict when a validation during fit beats the best loss so far.
     """
 
     def __init__(self, model, item_token_ids: Sequence[int], *, lr: float, weight_decay: float):
@@ -330,7 +338,7 @@ class DistillModule(L.LightningModule):
         self.strict_loading = False
         self.eval_mode = "student"
         self.eval_label: str | None = None
-        self.on_new_best: Callable[[dict[str, Any]], None] | None = None
+        self.on_new_best: Callable[[dict[str, Any], dict[str, torch.Tensor]], None] | None = None
         self.results: dict[str, dict[str, float]] = {}  # eval_label -> {"loss", "ppl", ...}
         self.history: list[dict[str, Any]] = []  # one record per validation during fit
         self.best: dict[str, Any] | None = None
@@ -493,8 +501,10 @@ class DistillModule(L.LightningModule):
             )
             if self.best is None or loss < self.best["val_loss"]:
                 self.best = dict(record)
-                if self.trainer.is_global_zero and self.on_new_best is not None:
-                    self.on_new_best(record)
+                if self.on_new_best is not None:
+                    state = self.adapter_state_dict()  # every rank: a collective under FSDP
+                    if self.trainer.is_global_zero:
+                        self.on_new_best(record, state)
         elif self.eval_label is not None:
             self.results[self.eval_label] = record
             log.info(
@@ -508,7 +518,26 @@ class DistillModule(L.LightningModule):
     # -------------------------------------------------------------- checkpoints
 
     def trainable_keys(self) -> set[str]:
-        return {name for name, p in self.named_parameters() if p.requires_grad}
+        """Names of the trainable parameters as they appear in a (full) state dict."""
+        return {clean_param_name(name) for name, p in self.named_parameters() if p.requires_grad}
+
+    def adapter_state_dict(self) -> dict[str, torch.Tensor]:
+        """The trainable (LoRA) weights, whole and on the CPU, named as in the ``PeftModel``.
+
+        Taken from the strategy's full state dict, the one Lightning checkpoints: under FSDP
+        that gathers the shards onto global rank 0 (a collective: call this on every process;
+        the others get an empty dict).
+        """
+        if self._trainer is not None:
+            full = self.trainer.strategy.lightning_module_state_dict()
+        else:
+            full = self.state_dict()
+        keep = self.trainable_keys()
+        return {
+            k.removeprefix("model."): v.detach().to("cpu", copy=True)
+            for k, v in full.items()
+            if k in keep
+        }
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         keep = self.trainable_keys()
@@ -528,9 +557,10 @@ class DistillModule(L.LightningModule):
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # (FSDP loads the weights itself and removes them from the dict before this hook.)
         have = set(checkpoint.get("state_dict", {}))
         want = self.trainable_keys()
-        if have != want:
+        if "state_dict" in checkpoint and have != want:
             missing, extra = sorted(want - have)[:3], sorted(have - want)[:3]
             raise LavicError(
                 f"checkpoint does not match this run's LoRA settings ({len(want - have)} weights "
@@ -566,6 +596,7 @@ __all__ = [
     "ShardSampler",
     "StudentCollator",
     "TeacherCollator",
+    "clean_param_name",
     "clean_text",
     "make_loader",
     "perplexity",

@@ -300,18 +300,6 @@ def _peek_checkpoint(path: Path) -> tuple[int, int]:
     return int(ckpt.get("epoch", 0)), int(ckpt.get("global_step", 0))
 
 
-def load_adapter_weights(peft_model, adapter_dir: Path) -> None:
-    """Load an adapter's safetensors weights into ``peft_model``'s active adapter."""
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
-
-    state = load_file(str(adapter_dir / "adapter_model.safetensors"))
-    result = set_peft_model_state_dict(peft_model, state)
-    unexpected = getattr(result, "unexpected_keys", [])
-    if unexpected:
-        raise LavicError(f"{adapter_dir}: adapter does not fit the model ({unexpected[:3]})")
-
-
 def _make_trainer(L, args: Args, peft_model, precision: str, ckpt_path: Path):
     from lightning.pytorch.loggers import CSVLogger
 
@@ -409,16 +397,17 @@ def run(args: Args) -> int:
         peft_model, backbone.item_token_ids, lr=args.lr, weight_decay=args.weight_decay
     )
 
-    def write_best(record: dict[str, Any], metrics: dict[str, Any] | None = None) -> None:
+    def write_best(record: dict[str, Any], state: dict[str, torch.Tensor]) -> None:
         write_artifact(
             best_dir,
             kind="distill",
             model=peft_model,
             backbone=backbone,
             config=args,
-            metrics=metrics if metrics is not None else {"best": record, "final": False},
+            metrics={"best": record, "final": False},  # replaced by the run's metrics at the end
             base_model=base_model,
             parent=parent,
+            state_dict=state,
         )
 
     module.on_new_best = write_best
@@ -467,8 +456,9 @@ def run(args: Args) -> int:
         module.history.append(record)
         if module.best is None or record["val_loss"] < module.best["val_loss"]:
             module.best = dict(record)
+            state = module.adapter_state_dict()  # every rank: a collective under FSDP
             if trainer.is_global_zero:
-                write_best(record)
+                write_best(record, state)
     fit_seconds = time.perf_counter() - fit_start
 
     # Reference points, with the adapter switched off (= the untrained LoRA, whose B is 0):
@@ -486,12 +476,11 @@ def run(args: Args) -> int:
     if not trainer.is_global_zero:
         return 0
 
-    # The best weights are the ones on disk (written when that validation ran).
+    # The best weights are the ones on disk, with the record of the validation that chose them.
     best_meta = read_metrics(best_dir) if best_dir.is_dir() else None
     if best_meta is None or "best" not in best_meta:
         raise LavicError(f"no validated adapter was written to {best_dir}")
     best = best_meta["best"]
-    load_adapter_weights(peft_model, best_dir)
 
     before = module.results["before"]
     teacher_result = module.results.get("teacher")
@@ -532,7 +521,9 @@ def run(args: Args) -> int:
     assert abs(perplexity(metrics["val_loss_best"]) - metrics["val_ppl_best"]) < 1e-6 * max(
         1.0, metrics["val_ppl_best"]
     )
-    write_best(best, {**metrics, "best": best, "final": True})
+    # The adapter, tokenizer, processor and config are already in place: replacing the one
+    # file (atomically) keeps the artefact whole.
+    atomic_write_json(best_dir / "metrics.json", {**metrics, "best": best, "final": True})
     atomic_write_json(output_dir / "metrics.json", metrics)
     log.info(
         "validation perplexity: before %.3f, best %.3f (epoch %d), teacher %s",
@@ -555,9 +546,10 @@ def run(args: Args) -> int:
     if args.merge:
         from lavic.artifacts import atomic_directory
 
-        merged = peft_model.merge_and_unload()
+        # Rebuilt from the artefact alone (base + merged adapter), whatever wraps the live model.
+        merged = load_backbone(best_dir)
         with atomic_directory(output_dir / MERGED_DIR) as tmp:
-            unwrap(merged).save_pretrained(str(tmp), safe_serialization=True)
-            backbone.save_preprocessing(tmp)
+            unwrap(merged.model).save_pretrained(str(tmp), safe_serialization=True)
+            merged.save_preprocessing(tmp)
         log.info("wrote merged model %s", output_dir / MERGED_DIR)
     return 0
