@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
 from transformers import (
     AutoTokenizer,
     CLIPVisionConfig,
@@ -184,6 +185,10 @@ def read_artifact_info(path: str | Path) -> dict[str, Any] | None:
         raise LavicError(f"{info_path}: unreadable artefact description ({exc})") from None
     if not isinstance(info, dict) or "base_model" not in info or "kind" not in info:
         raise LavicError(f"{info_path}: must be an object with 'kind' and 'base_model'")
+    for key, optional in (("kind", False), ("base_model", False), ("parent", True)):
+        value = info.get(key)
+        if not (isinstance(value, str) and value) and not (optional and value is None):
+            raise LavicError(f"{info_path}: {key!r} must be a non-empty string, got {value!r}")
     return info
 
 
@@ -239,10 +244,14 @@ def load_backbone(name_or_dir: str | Path, *, dtype: torch.dtype | None = None,
     if info is None:
         return _load_base(str(name_or_dir), dtype)
     lineage = [Path(name_or_dir)]
+    seen = {Path(name_or_dir).resolve()}
     while info.get("parent"):
         parent = Path(info["parent"])
         if not parent.is_absolute():
             parent = (lineage[-1] / parent).resolve()
+        if parent.resolve() in seen:  # a parent chain that loops would never end
+            raise LavicError(f"{lineage[-1]}: parent artefact {parent} makes a cycle")
+        seen.add(parent.resolve())
         info = read_artifact_info(parent)
         if info is None:
             raise LavicError(f"{lineage[-1]}: parent artefact {parent} is missing")
@@ -253,11 +262,36 @@ def load_backbone(name_or_dir: str | Path, *, dtype: torch.dtype | None = None,
         if not (adapter_dir / "adapter_model.safetensors").is_file():
             raise LavicError(f"{adapter_dir}: no adapter_model.safetensors (only safetensors "
                              "adapters are loaded)")
-        peft_model = PeftModel.from_pretrained(backbone.model, str(adapter_dir))
+        try:
+            peft_model = PeftModel.from_pretrained(backbone.model, str(adapter_dir))
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as exc:
+            first = str(exc).splitlines()[0][:300] if str(exc) else ""
+            raise LavicError(
+                f"{adapter_dir}: cannot load the adapter ({type(exc).__name__}: {first})"
+            ) from None
+        _check_adapter_weights(peft_model, adapter_dir)
         backbone.model = peft_model.merge_and_unload() if (merge or not last) else peft_model
     backbone.name = str(name_or_dir)
     backbone.model.eval()
     return backbone
+
+
+def _check_adapter_weights(peft_model, adapter_dir: Path) -> None:
+    """Every LoRA weight the adapter's config creates must come from its file: PEFT only warns
+    about missing ones and leaves them at their init (B = 0: a silent no-op adapter)."""
+    with safe_open(str(adapter_dir / "adapter_model.safetensors"), "pt") as weights:
+        saved = set(weights.keys())
+    wanted = {
+        name.replace(".default.", ".")
+        for name, _ in peft_model.named_parameters()
+        if ".lora_" in name
+    }
+    missing = sorted(wanted - saved)
+    if missing:
+        raise LavicError(
+            f"{adapter_dir}: adapter_model.safetensors lacks {len(missing)} of the {len(wanted)} "
+            f"LoRA weights its adapter_config.json names (e.g. {missing[0]}): not its weights"
+        )
 
 
 def unwrap(model) -> LlavaNextForConditionalGeneration:
