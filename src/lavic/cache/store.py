@@ -535,10 +535,14 @@ def _artifact_lineage(model_dir: Path) -> list[tuple[Path, dict[str, Any]]]:
     """``[(dir, lavic.json)]`` from ``model_dir`` up to its root artefact (as load_backbone)."""
     info = read_artifact_info(model_dir)
     lineage = [(model_dir, info)]
+    seen = {model_dir.resolve()}
     while info.get("parent"):
         parent = Path(info["parent"])
         if not parent.is_absolute():
             parent = (lineage[-1][0] / parent).resolve()
+        if parent.resolve() in seen:  # a parent chain that loops would never end
+            raise LavicError(f"{lineage[-1][0]}: parent artefact {parent} makes a cycle")
+        seen.add(parent.resolve())
         info = read_artifact_info(parent)
         if info is None:
             raise LavicError(f"{lineage[-1][0]}: parent artefact {parent} is missing")
