@@ -70,6 +70,43 @@ def atomic_directory(out_dir: str | os.PathLike[str]):
         raise
 
 
+def save_adapter(model, state_dict: dict[str, Any], out_dir: Path, adapter: str = "default"):
+    """Write a PEFT adapter (config + safetensors) from an explicit state dict.
+
+    PEFT's own ``save_pretrained(state_dict=...)`` picks the adapter's entries by the live
+    module names, which under FSDP carry wrapper segments and so miss every wrapped block;
+    the keys here are taken as given and converted the way PEFT converts them (the adapter
+    name dropped: ``...lora_A.default.weight`` -> ``...lora_A.weight``).
+    """
+    from safetensors.torch import save_file
+
+    marker = f".{adapter}."
+    weights = {
+        k.replace(marker, ".", 1) if ".lora_" in k else k: v.detach().contiguous()
+        for k, v in state_dict.items()
+        if ".lora_" in k and marker in k
+    }
+    if not weights:
+        raise ValueError(f"no LoRA weights of adapter {adapter!r} in the state dict")
+    save_file(weights, str(out_dir / ADAPTER_WEIGHTS), metadata={"format": "pt"})
+    # The config as PeftModel.save_pretrained writes it: marked for inference, with the base
+    # class recorded for AutoPeftModel.
+    config = model.peft_config[adapter]
+    auto_mapping = None
+    if config.task_type is None:
+        base_class = type(model.get_base_model())
+        auto_mapping = {
+            "base_model_class": base_class.__name__,
+            "parent_library": base_class.__module__,
+        }
+    training_mode, config.inference_mode = config.inference_mode, True
+    try:
+        config.save_pretrained(str(out_dir), auto_mapping_dict=auto_mapping)
+    finally:
+        config.inference_mode = training_mode
+    model.create_or_update_model_card(str(out_dir))
+
+
 def artifact_info(*, kind: str, base_model: str, parent: str | None) -> dict[str, Any]:
     """The ``lavic.json`` record of an artefact."""
     from lavic import __version__
@@ -117,10 +154,10 @@ def write_artifact(
     """
     out = Path(out_dir)
     with atomic_directory(out) as tmp:
-        extra = {"state_dict": state_dict} if state_dict is not None else {}
-        model.save_pretrained(
-            str(tmp), safe_serialization=True, save_embedding_layers=False, **extra
-        )
+        if state_dict is None:
+            model.save_pretrained(str(tmp), safe_serialization=True, save_embedding_layers=False)
+        else:
+            save_adapter(model, state_dict, tmp)
         if not (tmp / ADAPTER_WEIGHTS).is_file():
             raise RuntimeError(f"PEFT wrote no {ADAPTER_WEIGHTS} in {tmp}")
         backbone.save_preprocessing(tmp)
@@ -150,5 +187,6 @@ __all__ = [
     "artifact_info",
     "atomic_directory",
     "read_metrics",
+    "save_adapter",
     "write_artifact",
 ]

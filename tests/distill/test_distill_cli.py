@@ -9,6 +9,7 @@ import math
 import torch
 import yaml
 from PIL import Image
+from safetensors.torch import load_file
 
 from lavic.config import load_yaml_config
 from lavic.distill.module import StudentCollator
@@ -61,6 +62,10 @@ def test_distill_end_to_end(tiny_catalogue, tmp_path):
         "logs",
     }
     assert (out / CHECKPOINT_DIR / LAST_CHECKPOINT).is_file()
+    # Every LoRA tensor is in the adapter (A and B per targeted layer).
+    adapter = load_file(str(best / "adapter_model.safetensors"))
+    checkpoint = torch.load(out / CHECKPOINT_DIR / LAST_CHECKPOINT, weights_only=True)
+    assert len(adapter) == len(checkpoint["state_dict"]) > 0
 
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics) >= METRIC_KEYS

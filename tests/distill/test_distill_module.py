@@ -324,3 +324,32 @@ def test_parameter_names_are_cleaned_of_fsdp_wrappers(wrapped):
     state = module.adapter_state_dict()  # no trainer: the local weights
     assert {f"model.{k}" for k in state} == module.trainable_keys()
     assert all(t.device.type == "cpu" for t in state.values())
+
+
+def test_adapter_from_an_explicit_state_dict_equals_peft_own_save(
+    wrapped, tmp_path, tiny_catalogue
+):
+    from safetensors.torch import load_file
+
+    backbone, peft_model, _ = wrapped
+    _randomise_lora_b(peft_model, seed=4)
+    args = Args(**tiny_catalogue, model_name="tiny-random")
+    kwargs = dict(
+        kind="distill",
+        model=peft_model,
+        backbone=backbone,
+        config=args,
+        metrics={},
+        base_model="tiny-random",
+    )
+    by_peft = write_artifact(tmp_path / "peft", **kwargs)
+    state = _module(backbone, peft_model).adapter_state_dict()
+    ours = write_artifact(tmp_path / "ours", state_dict=state, **kwargs)
+    a = load_file(str(by_peft / "adapter_model.safetensors"))
+    b = load_file(str(ours / "adapter_model.safetensors"))
+    assert a.keys() == b.keys() and len(a) == len(state)
+    for key in a:
+        assert torch.equal(a[key], b[key])
+    assert json.loads((ours / "adapter_config.json").read_text()) == json.loads(
+        (by_peft / "adapter_config.json").read_text()
+    )

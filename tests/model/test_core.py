@@ -190,8 +190,9 @@ def _count(tok, text):
 
 def test_prompt_fits_untouched_when_short(tiny):
     cands = [("B000000001", "red mug"), ("0060188782", "blue lamp")]
-    prompt = build_recommend_prompt(tiny.tokenizer, "<submission>hi</submission>", cands,
-                                    max_length=2048)
+    prompt = build_recommend_prompt(
+        tiny.tokenizer, "<submission>hi</submission>", cands, max_length=2048
+    )
     assert not prompt.truncated and prompt.conversation_tokens_dropped == 0
     assert prompt.candidate_ids == ("B000000001", "0060188782")
     assert prompt.text.count(ITEM_TOKENS_TEXT) == 2
