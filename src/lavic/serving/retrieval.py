@@ -91,7 +91,10 @@ def load_embedder(name: str = DEFAULT_EMBEDDER, *, device: str = "cpu") -> Any:
         path = resolve_embedder(name)
         log.info("loading sentence-transformer %s", path)
         try:
-            _LOADED[key] = SentenceTransformer(path, device=device)
+            # Weights only from safetensors: a pytorch_model.bin (a pickle) is refused.
+            _LOADED[key] = SentenceTransformer(
+                path, device=device, model_kwargs={"use_safetensors": True}
+            )
         except (OSError, ValueError) as exc:
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise LavicError(f"cannot load sentence-transformer {name!r}: {first}") from None
