@@ -340,7 +340,6 @@ def run(args: Args) -> int:
         StudentCollator,
         TeacherCollator,
         make_loader,
-        perplexity,
     )
     from lavic.io import atomic_write_json
     from lavic.model.backbone import load_backbone, read_artifact_info, unwrap
@@ -517,10 +516,6 @@ def run(args: Args) -> int:
         "image_stats": {"train": module.image_stats("train"), "val": module.image_stats("val")},
         "config": config_to_dict(args),
     }
-    # Consistency check for the reader: ppl is exp(loss).
-    assert abs(perplexity(metrics["val_loss_best"]) - metrics["val_ppl_best"]) < 1e-6 * max(
-        1.0, metrics["val_ppl_best"]
-    )
     # The adapter, tokenizer, processor and config are already in place: replacing the one
     # file (atomically) keeps the artefact whole.
     atomic_write_json(best_dir / "metrics.json", {**metrics, "best": best, "final": True})
