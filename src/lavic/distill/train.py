@@ -296,7 +296,14 @@ def _checkpoint_callbacks(ckpt_dir: Path, every_n_steps: int) -> list:
 
 def _peek_checkpoint(path: Path) -> tuple[int, int]:
     # Our own checkpoint (only tensors and plain containers): loaded without unpickling code.
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises RuntimeError, UnpicklingError, EOFError, ... here
+        raise LavicError(
+            f"{path}: unreadable checkpoint ({type(exc).__name__}); delete it to start over"
+        ) from None
+    if not isinstance(ckpt, dict):
+        raise LavicError(f"{path}: not a training checkpoint; delete it to start over")
     return int(ckpt.get("epoch", 0)), int(ckpt.get("global_step", 0))
 
 
