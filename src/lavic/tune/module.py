@@ -124,6 +124,10 @@ class RecommendTuner(L.LightningModule):
         self._t_last: float | None = None
         self._pending_samples: int | None = None  # the batch trained but not yet accounted
         self.last_validated_step = -1
+        # For exact resumes (set by the caller): the training loader's ShardSampler, told the
+        # epoch and, from a mid-epoch checkpoint, how many of its samples this epoch has seen.
+        self.train_sampler = None
+        self._epoch_samples = 0
 
     # ------------------------------------------------------------------------------ steps
 
@@ -143,6 +147,7 @@ class RecommendTuner(L.LightningModule):
         self._epoch_sum += float(loss_sum.detach())
         self._epoch_tokens += int(tokens)
         self._pending_samples = int(batch["num_samples"])
+        self._epoch_samples += int(batch["num_samples"])
         return loss
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
@@ -162,6 +167,10 @@ class RecommendTuner(L.LightningModule):
         self.model.train()
         self._epoch_sum, self._epoch_tokens = 0.0, 0
         self._t_last = None
+        # (Not called when Lightning resumes in the middle of an epoch.)
+        self._epoch_samples = 0
+        if self.train_sampler is not None:
+            self.train_sampler.use_epoch(int(self.current_epoch))
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         if self._t_last is None:
@@ -272,6 +281,12 @@ class RecommendTuner(L.LightningModule):
             "best": self.best,
             "best_state": self.best_state,
             "last_validated_step": self.last_validated_step,
+            "epoch": int(self.current_epoch),
+            "epoch_samples": self._epoch_samples,
+            "epoch_sum": self._epoch_sum,
+            "epoch_tokens": self._epoch_tokens,
+            "window_sum": self._window_sum,
+            "window_tokens": self._window_tokens,
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -280,3 +295,17 @@ class RecommendTuner(L.LightningModule):
         self.best = state.get("best")
         self.best_state = state.get("best_state")
         self.last_validated_step = state.get("last_validated_step", -1)
+        self._epoch_samples = int(state.get("epoch_samples", 0))
+        self._epoch_sum = float(state.get("epoch_sum", 0.0))
+        self._epoch_tokens = int(state.get("epoch_tokens", 0))
+        self._window_sum = float(state.get("window_sum", 0.0))
+        self._window_tokens = int(state.get("window_tokens", 0))
+        if self.train_sampler is not None and self._epoch_samples > 0:
+            epoch = int(state.get("epoch", 0))
+            if self._epoch_samples < len(self.train_sampler):
+                # A mid-epoch checkpoint: finish that epoch with the samples it had not seen.
+                self.train_sampler.resume_at(epoch, self._epoch_samples)
+            else:
+                # Saved at an epoch's end: the next starts afresh (set here because the first
+                # iterator may be created before any epoch hook runs).
+                self.train_sampler.resume_at(epoch + 1, 0)

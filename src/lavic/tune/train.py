@@ -263,6 +263,7 @@ def run(args: Args) -> int:
     from lavic.data.images import ImageStats
     from lavic.data.loaders import item_title, items_without_title, load_item_meta, load_split
     from lavic.data.records import LoadReport
+    from lavic.distill.module import ShardSampler
     from lavic.model.backbone import load_backbone, read_artifact_info
     from lavic.model.lora import count_parameters
     from lavic.tune.data import RecommendCollator, RecommendDataset, make_samples
@@ -383,19 +384,20 @@ def run(args: Args) -> int:
     log.info("trainable parameters: %d of %d (%.3f%%)", trainable, total, 100 * trainable / total)
 
     collate = RecommendCollator(tokenizer, cache, max_length=args.max_length)
-    generator = torch.Generator().manual_seed(args.seed)
+    # A seeded permutation per epoch (seed + epoch) that a checkpoint can resume mid-way, so a
+    # resumed run sees exactly the batches of an uninterrupted one; each rank takes its shard.
+    train_sampler = ShardSampler(len(train_ds), shuffle=True, pad=True, seed=args.seed)
     train_loader = DataLoader(
         train_ds,
         batch_size=args.batch_size,
-        shuffle=True,
+        sampler=train_sampler,
         collate_fn=collate,
-        generator=generator,
         num_workers=args.num_workers,
     )
     valid_loader = DataLoader(
         valid_ds,
         batch_size=args.batch_size,
-        shuffle=False,
+        sampler=ShardSampler(len(valid_ds), shuffle=False, pad=False),
         collate_fn=collate,
         num_workers=args.num_workers,
     )
@@ -408,6 +410,7 @@ def run(args: Args) -> int:
         weight_decay=args.weight_decay,
         log_every_n_steps=args.log_every_n_steps,
     )
+    module.train_sampler = train_sampler
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
 
@@ -433,6 +436,7 @@ def run(args: Args) -> int:
         callbacks=[checkpoint],
         default_root_dir=str(out),
         enable_model_summary=False,
+        use_distributed_sampler=False,  # ShardSampler shards by rank itself
     )
     ckpt_path = None
     if args.resume:
