@@ -118,6 +118,26 @@ def _coerce(cls: type, name: str, value: Any, source: str) -> Any:
     return value
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a repeated key (PyYAML silently keeps the last one)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *base` merges: explicit keys may override merged ones
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key!r}", key_node.start_mark
+                    )
+                seen.add(key)
+            except TypeError:  # unhashable: SafeLoader's own error says so
+                break
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_yaml_config(cls: type, path: Path) -> dict[str, Any]:
     """Read a YAML mapping of option names to values; reject unknown keys and wrong types."""
     try:
@@ -127,7 +147,7 @@ def load_yaml_config(cls: type, path: Path) -> dict[str, Any]:
     except UnicodeDecodeError as exc:
         raise LavicError(f"{path}: not UTF-8 text ({exc.reason})") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader: no Python objects
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""
