@@ -68,15 +68,9 @@ def plot_training(out: Path, categories: list[str], stage1_dir: Path, path: Path
     )
     ax1.legend(fontsize=8)
     for category in categories:
-        for variant, style in (("lavic", "-"), ("text_only", ":")):
-            steps = _read_json(out / category / variant / "metrics.json").get("train_steps", [])
-            if steps:
-                ax2.plot(
-                    [s["step"] for s in steps],
-                    [s["train_loss"] for s in steps],
-                    style,
-                    label=f"{category} {'LaViC' if variant == 'lavic' else 'text-only'}",
-                )
+        steps = _read_json(out / category / "lavic" / "metrics.json").get("train_steps", [])
+        if steps:
+            ax2.plot([s["step"] for s in steps], [s["train_loss"] for s in steps], label=category)
     ax2.set(
         title="Stage 2: recommendation prompt tuning", xlabel="step", ylabel="answer NLL / token"
     )
@@ -208,7 +202,8 @@ def write_report(
         "",
         "A synthetic catalogue whose titles do not reveal an item's look while the conversations "
         "ask for it: text alone cannot tell the candidates apart, the images can. Test answers "
-        "and test candidates were never an answer in training (cold items).",
+        "and test candidates were never an answer in training (cold items). Text-only is the "
+        "same tuned model given the prompt without the five item tokens.",
         "",
         "## Results (test split, Recall@1 / Validity@1)",
         "",
