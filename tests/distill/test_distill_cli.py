@@ -75,7 +75,15 @@ def test_distill_end_to_end(tiny_catalogue, tmp_path):
     best_epoch = min(metrics["epochs"], key=lambda e: e["val_loss"])
     assert metrics["best_epoch"] == best_epoch["epoch"]
     assert metrics["val_loss_best"] == best_epoch["val_loss"]
-    for key in ("val_ppl_before", "val_ppl_best", "val_ppl_teacher", "train_images_per_s"):
+    assert all("val_ppl_mismatched" in e for e in metrics["epochs"])
+    assert metrics["val_ppl_best_mismatched"] == best_epoch["val_ppl_mismatched"]
+    for key in (
+        "val_ppl_before",
+        "val_ppl_best",
+        "val_ppl_teacher",
+        "train_images_per_s",
+        "val_ppl_best_mismatched",
+    ):
         assert math.isfinite(metrics[key]) and metrics[key] > 0
     # The catalogue's broken images: one missing and one corrupt (train), one escaping (val).
     assert metrics["image_stats"]["train"] == {

@@ -353,3 +353,18 @@ def test_adapter_from_an_explicit_state_dict_equals_peft_own_save(
     assert json.loads((ours / "adapter_config.json").read_text()) == json.loads(
         (by_peft / "adapter_config.json").read_text()
     )
+
+
+def test_mismatched_images_pair_each_sample_with_another_items_image(tmp_path):
+    ids = ["A", "A", "B", "C", "C", "D"]  # two items with two images each
+    samples = [DescribedImage(x, f"t{x}", f"{x}_{k}.jpg", f"d{k}") for k, x in enumerate(ids)]
+    base = dm.DescribedImageDataset(samples, tmp_path, "val")
+    mismatched = dm.MismatchedImages(base)
+    assert len(mismatched) == len(base)
+    for i in range(len(samples)):
+        item = mismatched[i]
+        assert item["sample"] == samples[i]  # the same text target...
+        partner = samples[mismatched.partner[i]]
+        assert partner.item_id != samples[i].item_id  # ...shown with another item's image
+        assert item["key"] == f"val/{partner.image_name}"
+    assert dm.MismatchedImages(base).partner == mismatched.partner  # fixed pairs

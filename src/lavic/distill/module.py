@@ -93,6 +93,36 @@ class DescribedImageDataset(Dataset):
         }
 
 
+class MismatchedImages(Dataset):
+    """Each sample with the image of a different item: the control that tells how much of the
+    student's gain comes from the image (a gain that survives the wrong image is not visual).
+
+    Sample ``i`` gets the image of sample ``(i + n // 2) mod n``, moved on while that is the
+    same item: fixed, so every validation compares the same pairs.
+    """
+
+    def __init__(self, dataset: DescribedImageDataset):
+        self.dataset = dataset
+        samples = dataset.samples
+        n = len(samples)
+        self.partner: list[int] = []
+        for i in range(n):
+            j = (i + max(n // 2, 1)) % n
+            for _ in range(n):
+                if samples[j].item_id != samples[i].item_id:
+                    break
+                j = (j + 1) % n
+            self.partner.append(j)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item = dict(self.dataset[self.partner[index]])
+        item["sample"] = self.dataset.samples[index]
+        return item
+
+
 class StudentCollator:
     """Batch for the 5-token student: token ids with per-row labels + ``(B, 5, C, H, W)`` views."""
 
@@ -349,8 +379,8 @@ class DistillModule(L.LightningModule):
         self.last_train_epoch = 0  # epoch of the latest training step
         self.train_sampler: ShardSampler | None = None  # set by the caller, for exact resumes
         self._epoch_samples = 0  # this process's training samples done in the current epoch
-        self._val_nll = torch.zeros((), dtype=torch.float64)
-        self._val_tokens = torch.zeros((), dtype=torch.int64)
+        self._val_nll = torch.zeros(2, dtype=torch.float64)
+        self._val_tokens = torch.zeros(2, dtype=torch.int64)
         self._train_loss_sum = 0.0
         self._train_loss_count = 0
         self._t_prev: float | None = None
@@ -452,17 +482,20 @@ class DistillModule(L.LightningModule):
     # -------------------------------------------------------------- validation
 
     def on_validation_epoch_start(self) -> None:
-        self._val_nll = torch.zeros((), dtype=torch.float64, device=self.device)
-        self._val_tokens = torch.zeros((), dtype=torch.int64, device=self.device)
+        # Slot 0: the validation split; slot 1 (optional second loader): the same descriptions
+        # with another item's image (MismatchedImages), the control for "the gain is visual".
+        self._val_nll = torch.zeros(2, dtype=torch.float64, device=self.device)
+        self._val_tokens = torch.zeros(2, dtype=torch.int64, device=self.device)
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+    def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0):
         if self.eval_mode == "teacher":
             nll, count = self.teacher_nll(batch)
         else:
             nll, count = self.student_nll(batch)
-        self._val_nll += nll.detach().double()
-        self._val_tokens += count
-        self._note_images(batch)
+        self._val_nll[dataloader_idx] += nll.detach().double()
+        self._val_tokens[dataloader_idx] += count
+        if dataloader_idx == 0:
+            self._note_images(batch)
 
     def on_validation_end(self) -> None:
         self._t_prev = time.perf_counter()  # validation time is not training time
@@ -470,41 +503,18 @@ class DistillModule(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         # Token-weighted over the whole split: sum of NLL / number of target tokens, summed
         # over every DDP process (each holds a disjoint, unpadded shard).
-        nll = float(self.trainer.strategy.reduce(self._val_nll, reduce_op="sum"))
-        tokens = int(self.trainer.strategy.reduce(self._val_tokens, reduce_op="sum"))
-        if tokens == 0:
+        nlls = self.trainer.strategy.reduce(self._val_nll, reduce_op="sum").tolist()
+        counts = self.trainer.strategy.reduce(self._val_tokens, reduce_op="sum").tolist()
+        if counts[0] == 0:
             raise LavicError("validation has no target tokens (no described validation images?)")
-        loss = nll / tokens
+        loss, tokens = nlls[0] / counts[0], int(counts[0])
         record = {"loss": loss, "ppl": perplexity(loss), "tokens": tokens}
+        if counts[1]:
+            record["mismatched_loss"] = nlls[1] / counts[1]
+            record["mismatched_ppl"] = perplexity(record["mismatched_loss"])
         self.log("val_loss", loss, sync_dist=False, rank_zero_only=True)
         if self.trainer.state.fn == "fit" and not self.trainer.sanity_checking:
-            record = {
-                "epoch": int(self.current_epoch),
-                "step": int(self.global_step),
-                "val_loss": loss,
-                "val_ppl": record["ppl"],
-                "val_tokens": tokens,
-                "train_loss": (
-                    self._train_loss_sum / self._train_loss_count
-                    if self._train_loss_count
-                    else None
-                ),
-            }
-            self.history.append(record)
-            log.info(
-                "epoch %d step %d: val loss %.4f, perplexity %.3f (%d target tokens)",
-                record["epoch"],
-                record["step"],
-                loss,
-                record["val_ppl"],
-                tokens,
-            )
-            if self.best is None or loss < self.best["val_loss"]:
-                self.best = dict(record)
-                if self.on_new_best is not None:
-                    state = self.adapter_state_dict()  # every rank: a collective under FSDP
-                    if self.trainer.is_global_zero:
-                        self.on_new_best(record, state)
+            self.record_validation(record)
         elif self.eval_label is not None:
             self.results[self.eval_label] = record
             log.info(
@@ -514,6 +524,43 @@ class DistillModule(L.LightningModule):
                 record["ppl"],
                 tokens,
             )
+
+    def record_validation(self, result: dict[str, Any], *, epoch: int | None = None) -> None:
+        """Keep a validation of the training weights; write the adapter when it is the best.
+
+        Call on every process (the adapter is gathered under FSDP).
+        """
+        record = {
+            "epoch": int(self.current_epoch) if epoch is None else epoch,
+            "step": int(self.global_step),
+            "val_loss": result["loss"],
+            "val_ppl": result["ppl"],
+            "val_tokens": result["tokens"],
+            "train_loss": (
+                self._train_loss_sum / self._train_loss_count if self._train_loss_count else None
+            ),
+        }
+        if "mismatched_loss" in result:
+            record["val_loss_mismatched"] = result["mismatched_loss"]
+            record["val_ppl_mismatched"] = result["mismatched_ppl"]
+        self.history.append(record)
+        log.info(
+            "epoch %d step %d: val loss %.4f, perplexity %.3f (%d target tokens)%s",
+            record["epoch"],
+            record["step"],
+            record["val_loss"],
+            record["val_ppl"],
+            record["val_tokens"],
+            f"; another item's image: {record['val_ppl_mismatched']:.3f}"
+            if "val_ppl_mismatched" in record
+            else "",
+        )
+        if self.best is None or record["val_loss"] < self.best["val_loss"]:
+            self.best = dict(record)
+            if self.on_new_best is not None:
+                state = self.adapter_state_dict()  # every rank: a collective under FSDP
+                if self.trainer.is_global_zero:
+                    self.on_new_best(record, state)
 
     # -------------------------------------------------------------- checkpoints
 
@@ -592,6 +639,7 @@ class DistillModule(L.LightningModule):
 __all__ = [
     "DescribedImageDataset",
     "DistillModule",
+    "MismatchedImages",
     "SaveAtMaxSteps",
     "ShardSampler",
     "StudentCollator",

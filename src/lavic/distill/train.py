@@ -124,6 +124,13 @@ class Args:
         default=True,
         metadata={"help": "measure val_ppl_teacher (the base model given the full image tokens)"},
     )
+    mismatched_eval: bool = field(
+        default=True,
+        metadata={
+            "help": "also validate with another item's image (val_ppl_best_mismatched): "
+            "how much of the gain is visual"
+        },
+    )
     lenient: bool = field(
         default=False, metadata={"help": "skip (and count) bad metadata records instead of failing"}
     )
@@ -344,6 +351,7 @@ def run(args: Args) -> int:
     from lavic.distill.module import (
         DescribedImageDataset,
         DistillModule,
+        MismatchedImages,
         StudentCollator,
         TeacherCollator,
         make_loader,
@@ -442,29 +450,19 @@ def run(args: Args) -> int:
     # eval mode, and LoRA dropout (and gradient checkpointing) act only in train mode.
     module.train()
     fit_start = time.perf_counter()
-    trainer.fit(module, train_loader, val_loader, ckpt_path=resume_from, weights_only=True)
+    fit_val_loaders = [val_loader]
+    if args.mismatched_eval:
+        mismatched = MismatchedImages(val_set)
+        fit_val_loaders.append(make_loader(mismatched, student, shuffle=False, **loader_kw))
+    trainer.fit(module, train_loader, fit_val_loaders, ckpt_path=resume_from, weights_only=True)
     if trainer.interrupted:
         raise LavicError("training interrupted; continue it with --resume")
     global_step = int(trainer.global_step)
     if global_step > 0 and (not module.history or module.history[-1]["step"] != global_step):
         # Stopped between validations (--max_steps): score the final weights too.
         module.eval_mode, module.eval_label = "student", "final"
-        trainer.validate(module, dataloaders=val_loader, verbose=False)
-        final = module.results.pop("final")
-        record = {
-            "epoch": module.last_train_epoch,
-            "step": global_step,
-            "val_loss": final["loss"],
-            "val_ppl": final["ppl"],
-            "val_tokens": final["tokens"],
-            "train_loss": None,
-        }
-        module.history.append(record)
-        if module.best is None or record["val_loss"] < module.best["val_loss"]:
-            module.best = dict(record)
-            state = module.adapter_state_dict()  # every rank: a collective under FSDP
-            if trainer.is_global_zero:
-                write_best(record, state)
+        trainer.validate(module, dataloaders=fit_val_loaders, verbose=False)
+        module.record_validation(module.results.pop("final"), epoch=module.last_train_epoch)
     fit_seconds = time.perf_counter() - fit_start
 
     # Reference points, with the adapter switched off (= the untrained LoRA, whose B is 0):
@@ -502,6 +500,7 @@ def run(args: Args) -> int:
         "val_ppl_best": best["val_ppl"],
         "val_loss_teacher": teacher_result["loss"] if teacher_result else None,
         "val_ppl_teacher": teacher_result["ppl"] if teacher_result else None,
+        "val_ppl_best_mismatched": best.get("val_ppl_mismatched"),
         "val_target_tokens": before["tokens"],
         "train_images_per_s": (
             module.train_images / module.train_seconds if module.train_seconds > 0 else None
