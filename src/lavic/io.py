@@ -55,3 +55,23 @@ def safe_join(root: str | os.PathLike[str], name: str) -> Path:
     if candidate.parent != root_path:
         raise LavicError(f"unsafe file name {name!r}: resolves outside {root}")
     return candidate
+
+
+def atomic_checkpoint_io():
+    """A Lightning ``CheckpointIO`` that writes each checkpoint beside its path, then renames it.
+
+    Lightning's own stages a checkpoint under ``$TMPDIR`` and *moves* it onto its name: a copy
+    when ``$TMPDIR`` is another filesystem (a tmpfs ``/tmp``, outputs on a data disk), so a
+    process killed during the copy leaves a truncated ``last.ckpt`` under its final name.
+    """
+    import torch
+    from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+
+    class AtomicCheckpointIO(TorchCheckpointIO):
+        def save_checkpoint(self, checkpoint, path, storage_options=None):
+            if storage_options is not None:
+                raise TypeError("AtomicCheckpointIO takes no storage_options")
+            with atomic_open(path, "wb") as handle:
+                torch.save(checkpoint, handle)
+
+    return AtomicCheckpointIO()

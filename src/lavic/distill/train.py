@@ -317,6 +317,10 @@ def _peek_checkpoint(path: Path) -> tuple[int, int]:
 def _make_trainer(L, args: Args, peft_model, precision: str, ckpt_path: Path):
     from lightning.pytorch.loggers import CSVLogger
 
+    from lavic.io import atomic_checkpoint_io
+
+    # DeepSpeed writes its own checkpoint folders; every other strategy goes through this IO.
+    plugins = None if "deepspeed" in str(args.strategy) else [atomic_checkpoint_io()]
     return L.Trainer(
         accelerator=args.accelerator,
         devices=parse_devices(args.devices),
@@ -336,6 +340,7 @@ def _make_trainer(L, args: Args, peft_model, precision: str, ckpt_path: Path):
         use_distributed_sampler=False,  # ShardSampler shards by rank itself
         log_every_n_steps=args.log_every_n_steps,
         enable_model_summary=False,
+        plugins=plugins,  # a kill never leaves half a last.ckpt
     )
 
 

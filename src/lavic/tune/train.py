@@ -264,6 +264,7 @@ def run(args: Args) -> int:
     from lavic.data.loaders import item_title, items_without_title, load_item_meta, load_split
     from lavic.data.records import LoadReport
     from lavic.distill.module import ShardSampler
+    from lavic.io import atomic_checkpoint_io
     from lavic.model.backbone import load_backbone, read_artifact_info
     from lavic.model.lora import count_parameters
     from lavic.tune.data import RecommendCollator, RecommendDataset, make_samples
@@ -437,6 +438,8 @@ def run(args: Args) -> int:
         default_root_dir=str(out),
         enable_model_summary=False,
         use_distributed_sampler=False,  # ShardSampler shards by rank itself
+        # A kill never leaves half a last.ckpt (DeepSpeed writes its own checkpoint folders).
+        plugins=None if "deepspeed" in args.strategy else [atomic_checkpoint_io()],
     )
     ckpt_path = None
     if args.resume:
