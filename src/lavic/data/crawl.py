@@ -217,6 +217,8 @@ def _read_train_json(path: Path) -> list[ImageTarget]:
     text = _read_text(path)
     try:
         data = json.loads(text)
+    except RecursionError:
+        raise DataError(path, "invalid JSON: nested too deeply") from None
     except json.JSONDecodeError as exc:
         raise DataError(path, f"invalid JSON: {exc.msg}", line=exc.lineno) from None
     if not isinstance(data, dict):
@@ -254,6 +256,8 @@ def _read_valid_jsonl(path: Path) -> list[ImageTarget]:
             continue
         try:
             row = json.loads(line)
+        except RecursionError:
+            raise DataError(path, "invalid JSON: nested too deeply", line=lineno) from None
         except json.JSONDecodeError as exc:
             raise DataError(
                 path, f"invalid JSON: {exc.msg} (column {exc.colno})", line=lineno
