@@ -135,6 +135,28 @@ def pytest_sessionfinish(session, exitstatus):
         "cases": _TALLY.cases,
         "lost": _TALLY.lost_records,
     }
-    from lavic.io import atomic_write_json
+    from lavic.io import atomic_write_json, atomic_write_text
 
     atomic_write_json(path, summary)
+    atomic_write_text(path.with_suffix(".md"), counts_table(summary))
+
+
+def counts_table(summary: dict) -> str:
+    """The counts as the Markdown tables of docs/robustness.md."""
+    lines = [
+        "| | count |",
+        "|---|---:|",
+        f"| distinct bad inputs | {summary['distinct_inputs']} |",
+        f"| inputs tried (input x command) | {summary['inputs_tried']} |",
+        f"| distinct faults | {summary['distinct_faults']} |",
+        f"| faults injected | {summary['faults_injected']} |",
+        f"| survived | {summary['survived']} |",
+        f"| not survived | {summary['not_survived']} |",
+        f"| data lost | {summary['data_lost']} |",
+        "",
+        "| area (command) | inputs | faults | survived |",
+        "|---|---:|---:|---:|",
+    ]
+    for area, row in summary["by_area"].items():
+        lines.append(f"| {area} | {row['inputs']} | {row['faults']} | {row['survived']} |")
+    return "\n".join(lines) + "\n"

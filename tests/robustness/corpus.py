@@ -412,6 +412,12 @@ VALID_META_CASES: list[Case] = [
         2,
         "unpaired surrogate",
     ),
+    Case(
+        "JSON nested 100,000 deep",
+        _vjsonl(('{"image_name": "B0000000A3_0.jpg", "x": ' + _nested(100_000) + "}").encode()),
+        2,
+        "nested too deeply",
+    ),
 ]
 
 # ------------------------------------------------------------------------------------ configs

@@ -359,12 +359,19 @@ def test_crawl_reads_metadata_with_one_line_errors(tmp_path, capsys, tally):
     cases = [
         ("item2meta_valid.jsonl", c)
         for c in VALID_META_CASES
-        if c.name in {"truncated last line", "undecodable bytes", "not an object"}
+        if c.name
+        in {"truncated last line", "undecodable bytes", "not an object", "JSON nested 100,000 deep"}
     ] + [
         ("item2meta_train.json", c)
         for c in TRAIN_META_CASES
         if c.name
-        in {"truncated file", "top level is an array", "item is a string", "images is an object"}
+        in {
+            "truncated file",
+            "top level is an array",
+            "item is a string",
+            "images is an object",
+            "JSON nested 100,000 deep",
+        }
     ]
     for file_name, case in cases:
         with tally.case("input", f"{file_name} (crawl)", case.name):
