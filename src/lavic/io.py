@@ -50,6 +50,10 @@ def safe_join(root: str | os.PathLike[str], name: str) -> Path:
     """
     if not name or name in {".", ".."} or "/" in name or "\\" in name or "\x00" in name:
         raise LavicError(f"unsafe file name {name!r}: must be a plain name inside {root}")
+    try:
+        os.fsencode(name)
+    except UnicodeEncodeError:  # e.g. an unpaired surrogate from a JSON escape
+        raise LavicError(f"unsafe file name {name!r}: not encodable as a file name") from None
     root_path = Path(root).resolve()
     candidate = (root_path / name).resolve()
     if candidate.parent != root_path:
