@@ -244,6 +244,8 @@ def _read_train_json(path: Path) -> list[ImageTarget]:
                 raise DataError(
                     path, f"item {asin!r}: images[{k}].large is {_kind(url)}, expected a URL string"
                 )
+            if not _valid_unicode(asin + url):
+                raise DataError(path, f"item {asin!r}: unpaired surrogate in the id or images[{k}]")
             targets.append(ImageTarget(url.strip(), f"{asin}_{k}.jpg", f"{path}: item {asin!r}"))
     return targets
 
@@ -273,8 +275,19 @@ def _read_valid_jsonl(path: Path) -> list[ImageTarget]:
         if not isinstance(name, str) or not name:
             problem = "missing 'image_name'" if name is None else f"'image_name' is {_kind(name)}"
             raise DataError(path, f"{problem}, expected a file name", line=lineno)
+        if not _valid_unicode(url + name):
+            raise DataError(path, "unpaired surrogate in 'image' or 'image_name'", line=lineno)
         targets.append(ImageTarget(url.strip(), name, f"{path}:{lineno}"))
     return targets
+
+
+def _valid_unicode(text: str) -> bool:
+    # A JSON escape like \ud83d alone is no character: it cannot name a file or be written.
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _kind(value: Any) -> str:
