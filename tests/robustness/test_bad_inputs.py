@@ -234,8 +234,10 @@ def test_bad_images_are_counted_never_fatal(tmp_path, capsys, tally):
     data_dir = _data_dir(tmp_path / "data", b"".join(line(r) + b"\n" for r in rows))
     from lavic.data.images import read_image
 
+    with tally.case("input", "images (read_image)", "name with an unpaired surrogate: unsafe"):
+        assert read_image(image_dir, "IMG\ud83dSUR_0.jpg") == (None, "unsafe")
     for item_id, outcome in expected.items():
-        with tally.case("input", "images (read_image)", f"{item_id}: {outcome}"):
+        with tally.case("input", "images (read_image)", f"{item_id!r}: {outcome}"):
             image, got = read_image(image_dir, f"{item_id}_0.jpg")
             assert got == outcome, item_id
             assert (image is not None) == (outcome == "loaded")
@@ -372,6 +374,26 @@ def test_crawl_reads_metadata_with_one_line_errors(tmp_path, capsys, tally):
             "images is an object",
             "JSON nested 100,000 deep",
         }
+    ]
+    cases += [
+        (
+            "item2meta_valid.jsonl",
+            Case(
+                "unpaired surrogate in image_name",
+                b'{"image": "http://127.0.0.1:9/a.jpg", "image_name": "a\\ud83d_0.jpg"}\n',
+                1,
+                "unpaired surrogate",
+            ),
+        ),
+        (
+            "item2meta_train.json",
+            Case(
+                "unpaired surrogate in an item id",
+                b'{"A\\udc80": {"images": [{"large": "http://127.0.0.1:9/a.jpg"}]}}',
+                None,
+                "unpaired surrogate",
+            ),
+        ),
     ]
     for file_name, case in cases:
         with tally.case("input", f"{file_name} (crawl)", case.name):
