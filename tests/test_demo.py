@@ -8,32 +8,16 @@ import pytest
 
 from lavic.cli import main
 
+SMALL_DEMO = [
+    "--model_name", "tiny-random", "--categories", "synthetic_home", "--num_train", "6",
+    "--num_valid", "3", "--num_test", "4", "--distill_steps", "1", "--tune_steps", "1",
+]  # fmt: skip
+
 
 @pytest.mark.slow
 def test_demo_end_to_end_writes_results_and_report(tmp_path, capsys):
     out = tmp_path / "demo"
-    code = main(
-        [
-            "demo",
-            "--output_dir",
-            str(out),
-            "--model_name",
-            "tiny-random",
-            "--categories",
-            "synthetic_home",
-            "--num_train",
-            "6",
-            "--num_valid",
-            "3",
-            "--num_test",
-            "4",
-            "--distill_steps",
-            "1",
-            "--tune_steps",
-            "1",
-        ]
-    )
-    assert code == 0
+    assert main(["demo", "--output_dir", str(out), *SMALL_DEMO]) == 0
     results = json.loads((out / "results.json").read_text())
     assert set(results) == {"synthetic_home"}
     row = results["synthetic_home"]
@@ -50,27 +34,4 @@ def test_demo_end_to_end_writes_results_and_report(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "report:" in printed and "LaViC" in printed
     # A second run reuses every finished stage.
-    assert (
-        main(
-            [
-                "demo",
-                "--output_dir",
-                str(out),
-                "--model_name",
-                "tiny-random",
-                "--categories",
-                "synthetic_home",
-                "--num_train",
-                "6",
-                "--num_valid",
-                "3",
-                "--num_test",
-                "4",
-                "--distill_steps",
-                "1",
-                "--tune_steps",
-                "1",
-            ]
-        )
-        == 0
-    )
+    assert main(["demo", "--output_dir", str(out), *SMALL_DEMO]) == 0
