@@ -79,3 +79,20 @@ def atomic_checkpoint_io():
                 torch.save(checkpoint, handle)
 
     return AtomicCheckpointIO()
+
+
+def peek_checkpoint(path: str | os.PathLike[str]) -> tuple[int, int]:
+    """``(epoch, global_step)`` of one of our training checkpoints, read without unpickling
+    code (``weights_only=True``); a damaged one is a one-line error (Lightning would raise deep
+    inside ``fit``)."""
+    import torch
+
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises RuntimeError, UnpicklingError, EOFError, ... here
+        raise LavicError(
+            f"{path}: unreadable checkpoint ({type(exc).__name__}); delete it to start over"
+        ) from None
+    if not isinstance(ckpt, dict):
+        raise LavicError(f"{path}: not a training checkpoint; delete it to start over")
+    return int(ckpt.get("epoch", 0)), int(ckpt.get("global_step", 0))

@@ -242,6 +242,20 @@ class ShardSampler(Sampler[int]):
         """
         self._resume = (epoch, consumed)
 
+    def resume_from_checkpoint(self, epoch: int, epoch_samples: int) -> None:
+        """Resume after a checkpoint taken ``epoch_samples`` samples into ``epoch``.
+
+        A mid-epoch checkpoint finishes that epoch with the samples it had not seen; one saved
+        at an epoch's end starts the next afresh. Called from ``on_load_checkpoint`` because the
+        first iterator may be created (and workers may prefetch) before any epoch hook runs.
+        """
+        if epoch_samples <= 0:
+            return
+        if epoch_samples < len(self):
+            self.resume_at(epoch, epoch_samples)
+        else:
+            self.resume_at(epoch + 1, 0)
+
     def _indices(self) -> list[int]:
         rank, world = _dist_rank_world()
         if self.shuffle:
@@ -625,15 +639,10 @@ class DistillModule(L.LightningModule):
         self._epoch_samples = int(state.get("epoch_samples", 0))
         self._train_loss_sum = float(state.get("train_loss_sum", 0.0))
         self._train_loss_count = int(state.get("train_loss_count", 0))
-        if self.train_sampler is not None and self._epoch_samples > 0:
-            epoch = int(state.get("epoch", 0))
-            if self._epoch_samples < len(self.train_sampler):
-                # A mid-epoch checkpoint: finish that epoch with the samples it had not seen.
-                self.train_sampler.resume_at(epoch, self._epoch_samples)
-            else:
-                # Saved at the end of an epoch: the next starts afresh. Set here because the
-                # first iterator may be created (and workers may prefetch) before any hook.
-                self.train_sampler.resume_at(epoch + 1, 0)
+        if self.train_sampler is not None:
+            self.train_sampler.resume_from_checkpoint(
+                int(state.get("epoch", 0)), self._epoch_samples
+            )
 
 
 __all__ = [

@@ -27,6 +27,7 @@ import torch
 from lavic.config import config_to_dict
 from lavic.constants import DEFAULT_MODEL_NAME
 from lavic.errors import LavicError
+from lavic.io import peek_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -301,19 +302,6 @@ def _checkpoint_callbacks(ckpt_dir: Path, every_n_steps: int) -> list:
     return callbacks
 
 
-def _peek_checkpoint(path: Path) -> tuple[int, int]:
-    # Our own checkpoint (only tensors and plain containers): loaded without unpickling code.
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises RuntimeError, UnpicklingError, EOFError, ... here
-        raise LavicError(
-            f"{path}: unreadable checkpoint ({type(exc).__name__}); delete it to start over"
-        ) from None
-    if not isinstance(ckpt, dict):
-        raise LavicError(f"{path}: not a training checkpoint; delete it to start over")
-    return int(ckpt.get("epoch", 0)), int(ckpt.get("global_step", 0))
-
-
 def _make_trainer(L, args: Args, peft_model, precision: str, ckpt_path: Path):
     from lightning.pytorch.loggers import CSVLogger
 
@@ -440,7 +428,7 @@ def run(args: Args) -> int:
     resume_from = None
     if args.resume:
         if ckpt_path.is_file():
-            epoch, step = _peek_checkpoint(ckpt_path)
+            epoch, step = peek_checkpoint(ckpt_path)
             log.info("resuming from %s epoch %d step %d", ckpt_path, epoch, step)
             resume_from = str(ckpt_path)
         else:

@@ -300,12 +300,7 @@ class RecommendTuner(L.LightningModule):
         self._epoch_tokens = int(state.get("epoch_tokens", 0))
         self._window_sum = float(state.get("window_sum", 0.0))
         self._window_tokens = int(state.get("window_tokens", 0))
-        if self.train_sampler is not None and self._epoch_samples > 0:
-            epoch = int(state.get("epoch", 0))
-            if self._epoch_samples < len(self.train_sampler):
-                # A mid-epoch checkpoint: finish that epoch with the samples it had not seen.
-                self.train_sampler.resume_at(epoch, self._epoch_samples)
-            else:
-                # Saved at an epoch's end: the next starts afresh (set here because the first
-                # iterator may be created before any epoch hook runs).
-                self.train_sampler.resume_at(epoch + 1, 0)
+        if self.train_sampler is not None:
+            self.train_sampler.resume_from_checkpoint(
+                int(state.get("epoch", 0)), self._epoch_samples
+            )

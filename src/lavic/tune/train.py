@@ -23,6 +23,7 @@ from typing import Any, Literal
 import torch
 
 from lavic.errors import LavicError
+from lavic.io import peek_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -238,20 +239,6 @@ def _latest_checkpoint(out_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def _peek_checkpoint(path: Path) -> tuple[int, int]:
-    """``(epoch, global_step)`` of a checkpoint, read without unpickling code; a damaged one
-    is a one-line error (Lightning would raise deep inside ``fit``)."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises RuntimeError, UnpicklingError, EOFError, ... here
-        raise LavicError(
-            f"{path}: unreadable checkpoint ({type(exc).__name__}); delete it to start over"
-        ) from None
-    if not isinstance(ckpt, dict):
-        raise LavicError(f"{path}: not a training checkpoint; delete it to start over")
-    return int(ckpt.get("epoch", 0)), int(ckpt.get("global_step", 0))
-
-
 # ---------------------------------------------------------------------------------------- run
 
 
@@ -450,7 +437,7 @@ def run(args: Args) -> int:
                 out / CHECKPOINT_DIR,
             )
         else:
-            epoch, step = _peek_checkpoint(ckpt_path)
+            epoch, step = peek_checkpoint(ckpt_path)
             log.info("resuming from %s epoch %d step %d", ckpt_path, epoch, step)
     model.train()  # backbones load in eval mode; LoRA dropout acts only in train mode
     trainer.fit(
