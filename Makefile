@@ -44,8 +44,9 @@ bench: install
 tiny: install
 	$(VENV)/bin/lavic build-tiny
 
+# The paper's setting on a GPU machine with internet (docs/reproduce.md): the Hub is needed.
 reproduce: install
-	bash configs/reproduce.sh
+	HF_HUB_OFFLINE=0 bash configs/reproduce.sh
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache
