@@ -35,3 +35,22 @@ def test_demo_end_to_end_writes_results_and_report(tmp_path, capsys):
     assert "report:" in printed and "LaViC" in printed
     # A second run reuses every finished stage.
     assert main(["demo", "--output_dir", str(out), *SMALL_DEMO]) == 0
+
+
+def test_compare_to_text_only_needs_more_than_noise():
+    from lavic.demo_report import compare_to_text_only
+
+    def methods(lavic, text):
+        return {"LaViC": {"recall@1": lavic}, "text-only": {"recall@1": text}}
+
+    assert compare_to_text_only(methods(0.85, 0.10), 20).endswith(": above text-only")
+    assert compare_to_text_only(methods(0.15, 0.10), 20).endswith(
+        "not distinguishable from text-only"
+    )
+    assert compare_to_text_only(methods(0.10, 0.15), 20).endswith(
+        "not distinguishable from text-only"
+    )
+    assert compare_to_text_only(methods(0.00, 0.60), 20).endswith(": below text-only")
+    # All-or-nothing rates have zero variance; one answer (1/n) is still within noise.
+    assert "not distinguishable" in compare_to_text_only(methods(0.05, 0.0), 20)
+    assert compare_to_text_only(methods(0.5, 0.4), 2000).endswith(": above text-only")

@@ -55,7 +55,7 @@ class Args:
     distill_steps: int = field(default=20, metadata={"help": "stage-1 optimizer steps"})
     distill_batch_size: int = field(default=4, metadata={"help": "stage-1 images per step"})
     distill_lr: float = field(default=1e-3, metadata={"help": "stage-1 learning rate"})
-    tune_steps: int = field(default=30, metadata={"help": "stage-2 optimizer steps per category"})
+    tune_steps: int = field(default=20, metadata={"help": "stage-2 optimizer steps per category"})
     tune_lr: float = field(default=5e-4, metadata={"help": "stage-2 learning rate"})
     max_length: int = field(default=2048, metadata={"help": "prompt + answer token budget"})
     decoding: Literal["score", "constrained", "generate"] = field(
@@ -181,6 +181,7 @@ def _token_budget(backbone_dir: Path, data: Path) -> dict[str, Any]:
 
 def run(args: Args) -> int:
     from lavic.data import synthetic
+    from lavic.demo_report import compare_to_text_only
     from lavic.evaluation.evaluate import evaluate_split
     from lavic.evaluation.report import format_table
 
@@ -260,6 +261,7 @@ def run(args: Args) -> int:
         results[category]["ceiling"] = metrics["recall@1_ceiling"]
         print(f"\n== {category} (test, {metrics['num_conversations']} conversations) ==")
         print(format_table(metrics))
+        print(compare_to_text_only(metrics["methods"], metrics["num_conversations"]))
 
     clock.begin("report")
     atomic_write_json(out / RESULTS_FILE, results)
