@@ -28,8 +28,12 @@ from pathlib import Path
 
 import torch
 from PIL import Image
-from transformers import CLIPVisionConfig, LlavaNextConfig, LlavaNextForConditionalGeneration
-from transformers import MistralConfig
+from transformers import (
+    CLIPVisionConfig,
+    LlavaNextConfig,
+    LlavaNextForConditionalGeneration,
+    MistralConfig,
+)
 
 from lavic.constants import ITEM_TOKENS
 from lavic.evaluation.decoding import decode_batch, prepare_prompts
@@ -49,27 +53,58 @@ def build(scale: str, device: str, dtype: torch.dtype):
 
     tokenizer = _train_tiny_tokenizer()
     if scale == "full":
-        vision = CLIPVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
-                                  num_attention_heads=16, image_size=336, patch_size=14,
-                                  projection_dim=768, hidden_act="quick_gelu")
-        text = MistralConfig(vocab_size=32064, hidden_size=4096, intermediate_size=14336,
-                             num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
-                             max_position_embeddings=32768, sliding_window=None)
+        vision = CLIPVisionConfig(
+            hidden_size=1024,
+            intermediate_size=4096,
+            num_hidden_layers=24,
+            num_attention_heads=16,
+            image_size=336,
+            patch_size=14,
+            projection_dim=768,
+            hidden_act="quick_gelu",
+        )
+        text = MistralConfig(
+            vocab_size=32064,
+            hidden_size=4096,
+            intermediate_size=14336,
+            num_hidden_layers=32,
+            num_attention_heads=32,
+            num_key_value_heads=8,
+            max_position_embeddings=32768,
+            sliding_window=None,
+        )
         size, pinpoints = 336, V16_PINPOINTS
     else:  # the same code path, small enough to check the script on a CPU
-        vision = CLIPVisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                  num_attention_heads=2, image_size=56, patch_size=14,
-                                  projection_dim=64)
-        text = MistralConfig(vocab_size=32064, hidden_size=128, intermediate_size=256,
-                             num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                             max_position_embeddings=8192, sliding_window=None)
+        vision = CLIPVisionConfig(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=56,
+            patch_size=14,
+            projection_dim=64,
+        )
+        text = MistralConfig(
+            vocab_size=32064,
+            hidden_size=128,
+            intermediate_size=256,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=8192,
+            sliding_window=None,
+        )
         size = 56
         pinpoints = [[a // 6, b // 6] for a, b in V16_PINPOINTS]
     text.eos_token_id = tokenizer.eos_token_id
     text.pad_token_id = tokenizer.pad_token_id
-    config = LlavaNextConfig(vision_config=vision, text_config=text,
-                             image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-                             image_grid_pinpoints=pinpoints, vision_feature_layer=-2)
+    config = LlavaNextConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        image_grid_pinpoints=pinpoints,
+        vision_feature_layer=-2,
+    )
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     with torch.device(device):
@@ -77,9 +112,11 @@ def build(scale: str, device: str, dtype: torch.dtype):
     torch.set_default_dtype(previous)
     add_item_tokens(tokenizer, model)  # ids < 32064: rows already exist, nothing resized
     model.eval()
-    processor = LlavaNextImageProcessorPil(size={"shortest_edge": size},
-                                           crop_size={"height": size, "width": size},
-                                           image_grid_pinpoints=pinpoints)
+    processor = LlavaNextImageProcessorPil(
+        size={"shortest_edge": size},
+        crop_size={"height": size, "width": size},
+        image_grid_pinpoints=pinpoints,
+    )
     return model, tokenizer, processor
 
 
@@ -92,7 +129,10 @@ def timer(device: str):
         times = []
         for _ in range(repeats):
             if device.startswith("cuda"):
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start, end = (
+                    torch.cuda.Event(enable_timing=True),
+                    torch.cuda.Event(enable_timing=True),
+                )
                 start.record()
                 fn()
                 end.record()
@@ -151,8 +191,14 @@ def main() -> None:
     k = args.candidates
     cands = [(f"B{i:09d}", f"Acme Product {i}, Durable Everyday Model, Size M") for i in range(k)]
     conv = "<submission>I am looking for something that looks great. </submission>\n"
-    while len(tokenizer(build_recommend_prompt(tokenizer, conv, cands, max_length=10**6).text
-                        ).input_ids) < args.prompt_tokens:
+    while (
+        len(
+            tokenizer(
+                build_recommend_prompt(tokenizer, conv, cands, max_length=10**6).text
+            ).input_ids
+        )
+        < args.prompt_tokens
+    ):
         conv += "<comment>Have you considered the one with stripes? It looked nice.</comment>\n"
     prompt = build_recommend_prompt(tokenizer, conv, cands, max_length=10**6).text
     res["prompt_tokens"] = len(tokenizer(prompt).input_ids)
@@ -166,9 +212,11 @@ def main() -> None:
     def ours(bsz: int):
         def fn():
             with torch.no_grad():
-                batch = prepare_prompts(model, tokenizer, [prompt] * bsz, [cached] * bsz,
-                                        max_length=10**6)
+                batch = prepare_prompts(
+                    model, tokenizer, [prompt] * bsz, [cached] * bsz, max_length=10**6
+                )
                 decode_batch(model, tokenizer, batch, [[c for c, _ in cands]] * bsz, "score")
+
         return fn
 
     item_ids = tokenizer.convert_tokens_to_ids(list(ITEM_TOKENS))
@@ -177,23 +225,35 @@ def main() -> None:
         def fn():
             with torch.no_grad():
                 toks = encode_item_tokens(model, pv.repeat(bsz, 1, 1, 1, 1))  # recomputed
-                batch = prepare_prompts(model, tokenizer, [prompt] * bsz,
-                                        list(toks.split(k)), max_length=10**6)
-                model.generate(inputs_embeds=batch.inputs_embeds,
-                               attention_mask=batch.attention_mask, max_new_tokens=10,
-                               min_new_tokens=10, do_sample=False,
-                               pad_token_id=tokenizer.pad_token_id, suppress_tokens=item_ids)
+                batch = prepare_prompts(
+                    model, tokenizer, [prompt] * bsz, list(toks.split(k)), max_length=10**6
+                )
+                model.generate(
+                    inputs_embeds=batch.inputs_embeds,
+                    attention_mask=batch.attention_mask,
+                    max_new_tokens=10,
+                    min_new_tokens=10,
+                    do_sample=False,
+                    pad_token_id=tokenizer.pad_token_id,
+                    suppress_tokens=item_ids,
+                )
+
         return fn
 
     def prefill(bsz: int):
         with torch.no_grad():
-            batch = prepare_prompts(model, tokenizer, [prompt] * bsz, [cached] * bsz,
-                                    max_length=10**6)
+            batch = prepare_prompts(
+                model, tokenizer, [prompt] * bsz, [cached] * bsz, max_length=10**6
+            )
 
         def fn():
             with torch.no_grad():
-                model(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask,
-                      logits_to_keep=1)
+                model(
+                    inputs_embeds=batch.inputs_embeds,
+                    attention_mask=batch.attention_mask,
+                    logits_to_keep=1,
+                )
+
         return fn
 
     def _measure_batch(bsz: int, row: dict) -> None:
@@ -228,8 +288,12 @@ def main() -> None:
     # --- stage-2 training step: LoRA on the language model -----------------------------------
     from peft import LoraConfig, get_peft_model
 
-    peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=32, lora_dropout=0.0,
-                                                  target_modules=language_lora_targets(model)))
+    peft_model = get_peft_model(
+        model,
+        LoraConfig(
+            r=8, lora_alpha=32, lora_dropout=0.0, target_modules=language_lora_targets(model)
+        ),
+    )
     opt = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=5e-5)
     tb = build_batch(tokenizer, [prompt], [cands[3][0]], max_length=10**6)
     ids, mask, labels = (x.to(device) for x in (tb.input_ids, tb.attention_mask, tb.labels))
@@ -248,6 +312,7 @@ def main() -> None:
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
+
         return fn
 
     @torch.no_grad()

@@ -20,7 +20,9 @@ class DemoArgs:
     output_dir: Path = field(metadata={"help": "where to write"})
     lr: float = field(default=5e-5, metadata={"help": "learning rate"})
     num_epochs: int = field(default=5, metadata={"help": "epochs"})
-    precision: Literal["auto", "32-true", "bf16-mixed"] = field(default="auto", metadata={"help": "p"})
+    precision: Literal["auto", "32-true", "bf16-mixed"] = field(
+        default="auto", metadata={"help": "p"}
+    )
     merge: bool = field(default=False, metadata={"help": "merge"})
     devices: list[int] | None = field(default=None, metadata={"help": "devices"})
 
@@ -109,7 +111,9 @@ def test_atomic_open_leaves_nothing_on_failure(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["f.txt"]
 
 
-@pytest.mark.parametrize("name", ["../x.jpg", "a/b.jpg", "..", "", "/etc/passwd", "a\\b", "x\x00.jpg"])
+@pytest.mark.parametrize(
+    "name", ["../x.jpg", "a/b.jpg", "..", "", "/etc/passwd", "a\\b", "x\x00.jpg"]
+)
 def test_safe_join_refuses_escapes(tmp_path, name):
     with pytest.raises(LavicError):
         safe_join(tmp_path, name)

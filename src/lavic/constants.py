@@ -32,7 +32,7 @@ RECOMMEND_PROMPT_HEAD = (
     "You are an AI assistant specialized in providing personalized product recommendations based "
     "on user conversations. You are given a conversation between a user seeking recommendation "
     "(denoted by <submission>) and other users providing comments (denoted by <comment>). "
-    'You are also given a set of candidate products with their IDs, titles and images formatted as '
+    "You are also given a set of candidate products with their IDs, titles and images formatted as "
     '"ID: title" followed by an image. Among the candidates, recommend the most relevant product '
     "to the seeker. Only reply with its ID, and don't say anything else.\n\n"
     "Conversation:\n{conversation}\n\n"

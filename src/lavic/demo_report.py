@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -74,12 +75,23 @@ def plot_training(out: Path, categories: list[str], stage1_dir: Path, path: Path
     if train:
         ax1.plot(*zip(*sorted(train), strict=True), color="#90a4ae", label="train loss")
     val = [(e["step"], e["val_loss"]) for e in stage1.get("epochs", []) if "val_loss" in e]
+    if stage1.get("val_ppl_before"):  # validated at step 0, before any training
+        val.insert(0, (0, math.log(stage1["val_ppl_before"])))
     if val:
         ax1.plot(*zip(*val, strict=True), "o-", color="#d81b60", label="validation loss")
+    mismatched = stage1.get("val_ppl_best_mismatched")
+    best_step = stage1.get("best_step")
+    if mismatched and best_step is not None:
+        ax1.plot(
+            [best_step],
+            [math.log(mismatched)],
+            "x",
+            ms=9,
+            color="#d81b60",
+            label="validation, another item's image",
+        )
     teacher = stage1.get("val_ppl_teacher")
     if teacher:
-        import math
-
         ax1.axhline(math.log(teacher), ls="--", color="k", lw=1, label="teacher (full image)")
     ax1.set(
         title="Stage 1: distillation (5 tokens per image)",

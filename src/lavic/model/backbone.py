@@ -69,8 +69,9 @@ def add_item_tokens(tokenizer, model) -> list[int]:
     """
     missing = [t for t in ITEM_TOKENS if t not in tokenizer.get_vocab()]
     if missing:
-        tokenizer.add_special_tokens({"additional_special_tokens": list(ITEM_TOKENS)},
-                                     replace_extra_special_tokens=False)
+        tokenizer.add_special_tokens(
+            {"additional_special_tokens": list(ITEM_TOKENS)}, replace_extra_special_tokens=False
+        )
     ids = tokenizer.convert_tokens_to_ids(list(ITEM_TOKENS))
     old = model.get_input_embeddings().weight.shape[0]
     needed = max(len(tokenizer), max(ids) + 1)
@@ -136,18 +137,33 @@ def build_tiny_random(seed: int = 0) -> Backbone:
     tokenizer = _train_tiny_tokenizer()
     image_token_id = tokenizer.convert_tokens_to_ids("<image>")
     vision = CLIPVisionConfig(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-        image_size=TINY_RANDOM_IMAGE_SIZE, patch_size=8, projection_dim=32,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=TINY_RANDOM_IMAGE_SIZE,
+        patch_size=8,
+        projection_dim=32,
     )
     text = MistralConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=4096,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, sliding_window=None,
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=4096,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        sliding_window=None,
     )
     config = LlavaNextConfig(
-        vision_config=vision, text_config=text, image_token_index=image_token_id,
-        image_grid_pinpoints=TINY_RANDOM_PINPOINTS, vision_feature_layer=-2,
+        vision_config=vision,
+        text_config=text,
+        image_token_index=image_token_id,
+        image_grid_pinpoints=TINY_RANDOM_PINPOINTS,
+        vision_feature_layer=-2,
         vision_feature_select_strategy="default",
     )
     torch.manual_seed(seed)
@@ -158,8 +174,11 @@ def build_tiny_random(seed: int = 0) -> Backbone:
         image_grid_pinpoints=TINY_RANDOM_PINPOINTS,
     )
     processor = LlavaNextProcessor(
-        image_processor=image_processor, tokenizer=tokenizer, patch_size=8,
-        vision_feature_select_strategy="default", image_token="<image>",
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=8,
+        vision_feature_select_strategy="default",
+        image_token="<image>",
         # CLIP's [CLS] position: without it the processor expands <image> to one token fewer
         # than the model's features and the full-image-token path raises.
         num_additional_image_tokens=1,
@@ -198,7 +217,9 @@ def _load_hf(name: str, dtype: torch.dtype | None) -> Backbone:
         kwargs["dtype"] = dtype
     try:
         processor = LlavaNextProcessor.from_pretrained(name)
-        model = LlavaNextForConditionalGeneration.from_pretrained(name, use_safetensors=True, **kwargs)
+        model = LlavaNextForConditionalGeneration.from_pretrained(
+            name, use_safetensors=True, **kwargs
+        )
     except (OSError, ValueError) as exc:  # ValueError: HFValidationError for a bad local path
         raise LavicError(
             f"cannot load LLaVA-NeXT checkpoint {name!r}: {exc}".splitlines()[0]
@@ -223,8 +244,9 @@ def _load_base(name: str, dtype: torch.dtype | None) -> Backbone:
     return _load_hf(name, dtype)
 
 
-def load_backbone(name_or_dir: str | Path, *, dtype: torch.dtype | None = None,
-                  merge: bool = True) -> Backbone:
+def load_backbone(
+    name_or_dir: str | Path, *, dtype: torch.dtype | None = None, merge: bool = True
+) -> Backbone:
     """Load a backbone by name, checkpoint directory or LaViC artefact directory.
 
     An artefact directory (``lavic.json`` inside) is rebuilt from its recorded base model with
@@ -260,8 +282,10 @@ def load_backbone(name_or_dir: str | Path, *, dtype: torch.dtype | None = None,
     for i, adapter_dir in enumerate(reversed(lineage)):
         last = i == len(lineage) - 1
         if not (adapter_dir / "adapter_model.safetensors").is_file():
-            raise LavicError(f"{adapter_dir}: no adapter_model.safetensors (only safetensors "
-                             "adapters are loaded)")
+            raise LavicError(
+                f"{adapter_dir}: no adapter_model.safetensors (only safetensors "
+                "adapters are loaded)"
+            )
         try:
             peft_model = PeftModel.from_pretrained(backbone.model, str(adapter_dir))
         except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as exc:
@@ -312,6 +336,13 @@ def load_tokenizer_from(directory: str | Path):
 
 
 __all__ = [
-    "ARTIFACT_FILE", "Backbone", "NUM_ITEM_TOKENS", "add_item_tokens", "build_tiny_random",
-    "load_backbone", "load_tokenizer_from", "read_artifact_info", "unwrap",
+    "ARTIFACT_FILE",
+    "Backbone",
+    "NUM_ITEM_TOKENS",
+    "add_item_tokens",
+    "build_tiny_random",
+    "load_backbone",
+    "load_tokenizer_from",
+    "read_artifact_info",
+    "unwrap",
 ]
