@@ -355,6 +355,41 @@ class SaveAtMaxSteps(L.Callback):
             trainer.save_checkpoint(self.path, weights_only=False)
 
 
+class StepCheckpoint(L.Callback):
+    """Write ``path`` every ``every_n_steps`` optimizer steps, for ``--resume``.
+
+    A step that ends an epoch is written after that epoch's validation (at
+    ``on_train_epoch_end``), not before it: Lightning resumes a checkpoint taken between an
+    epoch's last batch and its validation *past* that validation, so the epoch's validation
+    record, and its chance to be the best epoch, would be lost (found by a ``kill -9`` test
+    that landed in that window).
+    """
+
+    def __init__(self, path, every_n_steps: int):
+        self.path = path
+        self.every_n_steps = every_n_steps
+        self._saved_step = -1
+        self._deferred = False
+
+    def _save(self, trainer) -> None:
+        trainer.save_checkpoint(self.path, weights_only=False)
+        self._saved_step = trainer.global_step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if step == 0 or step % self.every_n_steps or step == self._saved_step:
+            return  # not a trigger, or a gradient-accumulation micro-batch of a saved step
+        if batch_idx + 1 >= trainer.num_training_batches:
+            self._deferred = True  # the epoch's validation runs next
+            return
+        self._save(trainer)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if self._deferred:
+            self._deferred = False
+            self._save(trainer)
+
+
 class DistillModule(L.LightningModule):
     """Stage 1: LoRA on the vision tower + projector, the language model frozen.
 

@@ -283,10 +283,10 @@ def wrap_with_vision_lora(model, *, r: int, alpha: int, dropout: float, base_mod
 def _checkpoint_callbacks(ckpt_dir: Path, every_n_steps: int) -> list:
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from lavic.distill.module import SaveAtMaxSteps
+    from lavic.distill.module import SaveAtMaxSteps, StepCheckpoint
 
-    # Lightning writes checkpoints atomically (to a buffer, then a temporary file renamed into
-    # place). Two triggers (steps, epochs) cannot share one ModelCheckpoint: both write last.ckpt.
+    # All write last.ckpt, atomically (atomic_checkpoint_io): each epoch after its validation,
+    # every N steps (an epoch's last step also after validation), and the max_steps stop.
     common = {
         "dirpath": str(ckpt_dir),
         "filename": Path(LAST_CHECKPOINT).stem,
@@ -297,7 +297,7 @@ def _checkpoint_callbacks(ckpt_dir: Path, every_n_steps: int) -> list:
     }
     callbacks = [ModelCheckpoint(every_n_epochs=1, save_on_train_epoch_end=True, **common)]
     if every_n_steps > 0:
-        callbacks.append(ModelCheckpoint(every_n_train_steps=every_n_steps, **common))
+        callbacks.append(StepCheckpoint(ckpt_dir / LAST_CHECKPOINT, every_n_steps))
     callbacks.append(SaveAtMaxSteps(ckpt_dir / LAST_CHECKPOINT))
     return callbacks
 

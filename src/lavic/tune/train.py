@@ -402,14 +402,23 @@ def run(args: Args) -> int:
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
 
-    checkpoint = ModelCheckpoint(
-        dirpath=out / CHECKPOINT_DIR,
-        filename=CHECKPOINT_NAME,
-        save_top_k=1,
-        monitor=None,
-        enable_version_counter=False,
-        every_n_train_steps=args.checkpoint_every_n_steps,
-    )
+    from lavic.distill.module import StepCheckpoint
+
+    # last.ckpt after each epoch's validation or, with --checkpoint_every_n_steps, every N
+    # steps instead (an epoch's last step only after its validation: see StepCheckpoint).
+    if args.checkpoint_every_n_steps:
+        path = out / CHECKPOINT_DIR / f"{CHECKPOINT_NAME}.ckpt"
+        checkpoints = [StepCheckpoint(path, args.checkpoint_every_n_steps)]
+    else:
+        checkpoints = [
+            ModelCheckpoint(
+                dirpath=out / CHECKPOINT_DIR,
+                filename=CHECKPOINT_NAME,
+                save_top_k=1,
+                monitor=None,
+                enable_version_counter=False,
+            )
+        ]
     trainer = L.Trainer(
         accelerator=args.accelerator,
         devices=_devices(args.devices),
@@ -421,7 +430,7 @@ def run(args: Args) -> int:
         num_sanity_val_steps=0,
         log_every_n_steps=args.log_every_n_steps,
         logger=CSVLogger(str(out), name="logs"),
-        callbacks=[checkpoint],
+        callbacks=checkpoints,
         default_root_dir=str(out),
         enable_model_summary=False,
         use_distributed_sampler=False,  # ShardSampler shards by rank itself
