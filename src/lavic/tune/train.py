@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 import torch
 
+from lavic.distill.train import resolve_precision
 from lavic.errors import LavicError
 from lavic.io import peek_checkpoint
 
@@ -168,14 +169,6 @@ class Args:
 
 
 # ------------------------------------------------------------------------------------ helpers
-
-
-def resolve_precision(precision: str, accelerator: str = "auto") -> str:
-    """``auto`` -> ``bf16-mixed`` on a CUDA GPU that supports bf16, else ``32-true``."""
-    if precision != "auto":
-        return precision
-    use_cuda = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
-    return "bf16-mixed" if use_cuda and torch.cuda.is_bf16_supported() else "32-true"
 
 
 def load_dtype(precision: str) -> torch.dtype:
