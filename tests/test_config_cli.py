@@ -127,3 +127,20 @@ def test_safe_join_refuses_symlink_out(tmp_path):
     with pytest.raises(LavicError):
         safe_join(root, "link.jpg")
     assert safe_join(root, "ok.jpg") == (root / "ok.jpg").resolve()
+
+
+def test_remove_partial_writes_deletes_only_the_killed_temporaries(tmp_path):
+    from lavic.io import remove_partial_writes
+
+    ckpt = tmp_path / "last.ckpt"
+    ckpt.write_bytes(b"whole")
+    (tmp_path / ".last.ckpt.ab12cd.tmp").write_bytes(b"half")  # what a kill -9 mid-write leaves
+    (tmp_path / ".other.ckpt.ab12cd.tmp").write_bytes(b"not ours")
+    (tmp_path / "metrics.json").write_text("{}")
+    assert remove_partial_writes(ckpt) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        ".other.ckpt.ab12cd.tmp",
+        "last.ckpt",
+        "metrics.json",
+    ]
+    assert remove_partial_writes(tmp_path / "absent" / "last.ckpt") == 0

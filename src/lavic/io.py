@@ -4,6 +4,7 @@ from data never escapes its folder."""
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import tempfile
@@ -30,6 +31,21 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w", **kwargs: Any) ->
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def remove_partial_writes(path: str | os.PathLike[str]) -> int:
+    """Delete the temporaries a killed :func:`atomic_open` left beside ``path``.
+
+    They are incomplete by construction (a finished write is renamed onto ``path``), so
+    nothing is lost. Returns how many were removed.
+    """
+    path = Path(path)
+    removed = 0
+    for partial in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        with contextlib.suppress(FileNotFoundError):
+            partial.unlink()
+            removed += 1
+    return removed
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:

@@ -27,7 +27,7 @@ import torch
 from lavic.config import config_to_dict
 from lavic.constants import DEFAULT_MODEL_NAME
 from lavic.errors import LavicError
-from lavic.io import peek_checkpoint
+from lavic.io import peek_checkpoint, remove_partial_writes
 
 log = logging.getLogger(__name__)
 
@@ -365,6 +365,8 @@ def run(args: Args) -> int:
     output_dir = args.output_dir
     best_dir = output_dir / BEST_DIR
     ckpt_path = output_dir / CHECKPOINT_DIR / LAST_CHECKPOINT
+    if remove_partial_writes(ckpt_path):
+        log.warning("removed a partly written checkpoint beside %s (a killed run)", ckpt_path)
 
     train_meta, train_samples, train_report = _load_samples(
         args.train_data, lenient=args.lenient, limit=args.limit_train_items, what="training"

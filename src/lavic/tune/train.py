@@ -24,7 +24,7 @@ import torch
 
 from lavic.distill.train import resolve_precision
 from lavic.errors import LavicError
-from lavic.io import peek_checkpoint
+from lavic.io import peek_checkpoint, remove_partial_writes
 
 log = logging.getLogger(__name__)
 
@@ -431,6 +431,8 @@ def run(args: Args) -> int:
         plugins=None if "deepspeed" in args.strategy else [atomic_checkpoint_io()],
     )
     ckpt_path = None
+    if remove_partial_writes(out / CHECKPOINT_DIR / f"{CHECKPOINT_NAME}.ckpt"):
+        log.warning("removed a partly written checkpoint under %s (a killed run)", out)
     if args.resume:
         ckpt_path = _latest_checkpoint(out)
         if ckpt_path is None:
