@@ -56,12 +56,8 @@ def test_views_per_image_follow_the_scaled_pinpoints():
     assert real == [5, 4, 4, 3]
 
 
-def test_shipped_assets_are_small_and_fit_the_model():
-    files = [tiny.ASSETS_DIR / tiny.SPEC_FILE, tiny.ASSETS_DIR / tiny.WEIGHTS_FILE]
-    assert all(f.is_file() for f in files)
-    assert sum(f.stat().st_size for f in tiny.ASSETS_DIR.iterdir() if f.is_file()) < 8e6
-    spec, state = tiny.read_assets()
-    # A LLaVA-NeXT with the tiny vision side and a one-layer text model of SmolLM2's width.
+def _one_layer_llava(spec) -> LlavaNextForConditionalGeneration:
+    """A LLaVA-NeXT with the tiny vision side and a one-layer text model of SmolLM2's width."""
     text = LlamaConfig(
         vocab_size=64,
         hidden_size=576,
@@ -76,7 +72,15 @@ def test_shipped_assets_are_small_and_fit_the_model():
         image_token_index=63,
         image_grid_pinpoints=spec.pinpoints,
     )
-    model = LlavaNextForConditionalGeneration(config)
+    return LlavaNextForConditionalGeneration(config)
+
+
+def test_shipped_assets_are_small_and_fit_the_model():
+    files = [tiny.ASSETS_DIR / tiny.SPEC_FILE, tiny.ASSETS_DIR / tiny.WEIGHTS_FILE]
+    assert all(f.is_file() for f in files)
+    assert sum(f.stat().st_size for f in tiny.ASSETS_DIR.iterdir() if f.is_file()) < 8e6
+    spec, state = tiny.read_assets()
+    model = _one_layer_llava(spec)
     tiny.load_vision_state(model, state)
     got = tiny.vision_state_dict(model)
     assert set(got) == set(state)
@@ -88,22 +92,7 @@ def test_shipped_assets_are_small_and_fit_the_model():
 
 def test_unexpected_or_missing_vision_weights_are_refused():
     spec, state = tiny.read_assets()
-    text = LlamaConfig(
-        vocab_size=64,
-        hidden_size=576,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=9,
-        num_key_value_heads=3,
-    )
-    model = LlavaNextForConditionalGeneration(
-        LlavaNextConfig(
-            vision_config=spec.vision_config(),
-            text_config=text,
-            image_token_index=63,
-            image_grid_pinpoints=spec.pinpoints,
-        )
-    )
+    model = _one_layer_llava(spec)
     with pytest.raises(LavicError, match="unexpected"):
         tiny.load_vision_state(model, {**state, "lm_head.weight": torch.zeros(1)})
     partial = {k: v for k, v in state.items() if k != "multi_modal_projector.linear_1.weight"}
