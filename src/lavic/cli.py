@@ -22,7 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "synthesize": ("lavic.data.synthetic", "Write a synthetic, visually grounded catalogue"),
     "download-data": ("lavic.data.download", "Fetch the published Reddit-Amazon data files"),
     "crawl": ("lavic.data.crawl", "Download item images concurrently into a checked snapshot"),
-    "build-tiny": ("lavic.model.tiny", "Build and pretrain the offline `tiny` backbone"),
+    "build-tiny": ("lavic.pretrain.build", "Build and pretrain the offline `tiny` backbone"),
     "describe": ("lavic.distill.describe", "Write teacher descriptions with the base model"),
     "distill": ("lavic.distill.train", "Stage 1: visual knowledge self-distillation"),
     "encode": ("lavic.cache.encode", "Compute the item visual-token cache"),

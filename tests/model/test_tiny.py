@@ -21,11 +21,13 @@ from transformers import (
     LlavaNextProcessor,
 )
 
-from lavic.constants import IGNORE_INDEX, ITEM_TOKENS, ITEM_TOKENS_TEXT, NUM_ITEM_TOKENS
+from lavic.constants import ITEM_TOKENS, ITEM_TOKENS_TEXT, NUM_ITEM_TOKENS
 from lavic.errors import LavicError
 from lavic.model import tiny
 from lavic.model.backbone import build_tiny_random
 from lavic.model.item_tokens import encode_item_tokens, insert_item_tokens, pixel_views
+from lavic.pretrain.captions import CaptionSample
+from lavic.pretrain.measure import describe
 
 WHITE = (255, 255, 255)
 
@@ -162,85 +164,6 @@ def test_cache_write_is_atomic(random_backbone, tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == []  # neither the final folder nor a temporary one
 
 
-def _samples():
-    return [
-        tiny.CaptionSample(_image((64, 64)), "Acme mug", "a red mug with dots", ("red", "mug")),
-        tiny.CaptionSample(_image((64, 32), (30, 30, 200), True), "Lamp", "blue lamp", ("blue",)),
-        tiny.CaptionSample(_image((40, 40), (30, 200, 30)), "Bag, large", "green", ("green",)),
-    ]
-
-
-def test_caption_nll_equals_the_full_forward_loss(random_backbone):
-    """Oracle: the cached prompt head + logits at label positions only == the model's own
-    loss over the whole prompt (one sample at a time, no padding)."""
-    b = random_backbone
-    samples = _samples()
-    head = tiny.PromptHead(b)
-    rows = [tiny._encode(b, head, s, s.image) for s in samples]
-    with torch.no_grad():
-        nll, n = tiny.caption_nll(b, head, tiny._collate(rows, b.tokenizer.pad_token_id, len(head)))
-    total, count = 0.0, 0
-    with torch.no_grad():
-        for s in samples:
-            enc = b.processor(
-                images=[s.image], text=[tiny.teacher_prompt(s.title)], return_tensors="pt"
-            )
-            target = b.tokenizer(s.description, add_special_tokens=False)["input_ids"]
-            target = torch.tensor([target + [b.tokenizer.eos_token_id]])
-            ids = torch.cat([enc["input_ids"], target], dim=1)
-            labels = ids.clone()
-            labels[:, : enc["input_ids"].shape[1]] = IGNORE_INDEX
-            out = b.model(
-                input_ids=ids,
-                pixel_values=enc["pixel_values"],
-                image_sizes=enc["image_sizes"],
-                labels=labels,
-            )
-            total += out.loss.item() * target.shape[1]
-            count += target.shape[1]
-    assert n == count
-    assert float(nll) / n == pytest.approx(total / count, rel=1e-4)
-    ppl = tiny.teacher_perplexity(b, samples, batch_size=2)
-    assert ppl == pytest.approx(torch.tensor(total / count).exp().item(), rel=1e-4)
-
-
-def test_pretrain_trains_only_the_vision_side():
-    b = build_tiny_random(seed=1)
-    lm_before = {k: v.clone() for k, v in b.model.model.language_model.state_dict().items()}
-    vision_before = {k: v.clone() for k, v in tiny.vision_state_dict(b.model).items()}
-    config = tiny.PretrainConfig(
-        align_steps=3, align_batch_size=2, caption_steps=3, batch_size=2, lr=1e-2, align_lr=1e-2
-    )
-    record = tiny.pretrain(b, _samples(), config)
-    assert record["align"]["loss_last50"] is not None and record["caption"]["loss_last20"] > 0
-    lm_after = b.model.model.language_model.state_dict()
-    assert all(torch.equal(lm_before[k], lm_after[k]) for k in lm_before)
-    vision_after = tiny.vision_state_dict(b.model)
-    for part in ("vision_tower.", "multi_modal_projector.", "image_newline"):
-        keys = [k for k in vision_before if k.startswith(part)]
-        assert any(not torch.equal(vision_before[k], vision_after[k]) for k in keys), part
-    assert not any(p.requires_grad for p in b.model.parameters())
-
-
-def test_text_selection_prompt_and_answer_parsing():
-    cands = [("B000000001", "Acme Mug", "A red mug."), ("0060188782", "Book", "A blue book.")]
-    prompt = tiny.text_selection_prompt("<submission>hi</submission>", cands)
-    assert "B000000001: Acme Mug\nA red mug.\n0060188782: Book\nA blue book.\n" in prompt
-    assert prompt.endswith("\nAssistant:") and ITEM_TOKENS_TEXT not in prompt
-    ids = [c[0] for c in cands]
-    assert tiny.first_candidate(" 0060188782, not B000000001", ids) == "0060188782"
-    assert tiny.first_candidate("B000000001", ids) == "B000000001"
-    assert tiny.first_candidate("none of them", ids) is None
-
-
-def test_look_words_and_seed_guard(tmp_path):
-    vocab = tiny._look_vocabulary("default")
-    words = tiny.look_words("The image shows a mug with a red body covered in dark stripes.", vocab)
-    assert words == ("mug", "red", "dark", "stripes")
-    with pytest.raises(LavicError, match="reserved"):
-        tiny.write_pretraining_catalogue(tmp_path, seed=7)
-
-
 # --------------------------------------------------------------------------------------------
 # With SmolLM2 (session-scoped load through the user cache)
 # --------------------------------------------------------------------------------------------
@@ -285,7 +208,7 @@ def test_tiny_smoke(tiny_backbone):
     assert logits.shape == (1, ids.shape[1], len(b.tokenizer)) and torch.isfinite(logits).all()
 
     # Teacher path: <image> expanded by the processor, greedy description.
-    text = tiny.describe(b, tiny.CaptionSample(images[1], "Acme Cotton Tote", ""), max_new_tokens=8)
+    text = describe(b, CaptionSample(images[1], "Acme Cotton Tote", ""), max_new_tokens=8)
     assert isinstance(text, str) and text.strip()
 
 
@@ -330,30 +253,3 @@ def test_damaged_cache_is_rebuilt(random_backbone, tmp_path, monkeypatch):
     with pytest.raises(Rebuilding):
         tiny.load_tiny(cache_dir=tmp_path)
     assert not final.exists()  # the damaged copy is gone; the next load writes a fresh one
-
-
-def test_answer_and_scores_match_generate_and_full_forward(random_backbone):
-    """Oracles: the cached greedy answer == ``generate``; each candidate's score == its
-    log-likelihood from a full forward over prompt + answer."""
-    b = random_backbone
-    tok = b.tokenizer
-    ids = tok("Candidates: B000000001 and 0060188782. Assistant:", return_tensors="pt")["input_ids"]
-    p = ids.shape[1]
-    cands = ["B000000001", "0060188782", "B0Z"]
-    answer, scores = tiny._answer_and_scores(b, ids, cands, max_new_tokens=6)
-    with torch.no_grad():
-        gen = b.model.generate(
-            input_ids=ids,
-            attention_mask=torch.ones_like(ids),
-            max_new_tokens=6,
-            do_sample=False,
-            pad_token_id=tok.pad_token_id,
-        )
-    assert answer == tok.decode(gen[0, p:], skip_special_tokens=True)
-    for cand, score in zip(cands, scores, strict=True):
-        c = tok(" " + cand, add_special_tokens=False)["input_ids"]
-        full = torch.cat([ids, torch.tensor([c])], dim=1)
-        with torch.no_grad():
-            logp = torch.log_softmax(b.model(input_ids=full).logits[0].float(), dim=-1)
-        expected = sum(float(logp[p - 1 + j, c[j]]) for j in range(len(c)))
-        assert score == pytest.approx(expected, abs=1e-4)

@@ -104,6 +104,13 @@ class Args:
         default=768,
         metadata={"help": "longest allowed image side, pixels (>672 for 4-view images)"},
     )
+    title_look: bool = field(
+        default=False,
+        metadata={
+            "help": "write each item's look (colour, pattern) into its title: a text-only "
+            "control where the title alone can tell the candidates apart"
+        },
+    )
     jpeg_quality: int = field(default=85, metadata={"help": "JPEG quality of the images"})
     overwrite: bool = field(
         default=False,

@@ -156,6 +156,7 @@ class _Settings:
     second_image_rate: float
     min_image_side: int
     max_image_side: int
+    title_look: bool = False
 
 
 class _Planner:
@@ -186,6 +187,8 @@ class _Planner:
             title=self.style.title_format(irng, brand, kind),
             brand=brand,
         )
+        if self.s.title_look:  # the control where the title states the look
+            item.title = f"{item.title}, {look.colour.word} {look.pattern}"
         for k in range(images):
             item.images.append(
                 PlannedImage(
@@ -578,6 +581,7 @@ def plan_catalogue(
     second_image_rate: float = 0.1,
     min_image_side: int = 160,
     max_image_side: int = 768,
+    title_look: bool = False,
 ) -> CataloguePlan:
     """Everything :func:`write_catalogue` would write, in memory, without drawing an image.
 
@@ -613,6 +617,7 @@ def plan_catalogue(
         second_image_rate=second_image_rate,
         min_image_side=min_image_side,
         max_image_side=max_image_side,
+        title_look=title_look,
     )
     _check_settings(settings)
     return _Planner(settings).plan()
@@ -637,6 +642,7 @@ def write_catalogue(
     second_image_rate: float = 0.1,
     min_image_side: int = 160,
     max_image_side: int = 768,
+    title_look: bool = False,
     jpeg_quality: int = 85,
     overwrite: bool = False,
 ) -> CatalogueSummary:
@@ -663,6 +669,9 @@ def write_catalogue(
         isbn_rate: Share of ids that are numeric ISBN-10s instead of ASINs.
         second_image_rate: Share of items that also get a second image ``<ID>_1.jpg``.
         min_image_side, max_image_side: Bounds on the shorter and the longer image side.
+        title_look: Append the look to every title (", red stripes"): a control in which the
+            title alone tells the candidates apart, e.g. to measure a language model's
+            selection from text.
         jpeg_quality: JPEG quality of the images.
         overwrite: Write into a non-empty ``output_dir``, removing stale images and split files
             that an earlier run of this command left there.
@@ -693,6 +702,7 @@ def write_catalogue(
         second_image_rate=second_image_rate,
         min_image_side=min_image_side,
         max_image_side=max_image_side,
+        title_look=title_look,
     )
     st, categories = plan.style, plan.categories
     root = Path(output_dir).resolve()

@@ -1,0 +1,292 @@
+"""``lavic build-tiny``: cache, pretrain or measure the offline ``tiny`` backbone."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from lavic.errors import LavicError
+from lavic.io import atomic_write_json
+from lavic.model.backbone import Backbone
+from lavic.model.tiny import (
+    ASSETS_DIR,
+    HELDOUT_SEED,
+    LM_ADAPTER_DIR,
+    METRICS_FILE,
+    PRETRAIN_SEED,
+    TinySpec,
+    assemble_tiny,
+    cache_key,
+    cache_root,
+    load_tiny,
+    load_vision_state,
+    read_assets,
+    write_assets,
+)
+from lavic.pretrain.captions import catalogue_samples, write_pretraining_catalogue
+from lavic.pretrain.instruct import InstructConfig, instruct, save_adapter
+from lavic.pretrain.measure import (
+    description_look_accuracy,
+    teacher_perplexity,
+    text_selection_accuracy,
+)
+from lavic.pretrain.vision import ItemTokenConfig, PretrainConfig, pretrain, warm_start_item_tokens
+
+log = logging.getLogger(__name__)
+
+# --------------------------------------------------------------------------------------------
+# `lavic build-tiny`
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Args:
+    mode: Literal["cache", "pretrain", "item_tokens", "instruct", "evaluate"] = field(
+        default="cache",
+        metadata={
+            "help": "cache: assemble the shipped (or --output) weights with SmolLM2 into "
+            "the user cache, no training (what `make tiny` runs); pretrain: rerun the vision "
+            "pretraining, write the vision weights to --output and measure them; item_tokens: "
+            "warm-start the [CLS] path of the vision weights in --output; instruct: train the "
+            "language model's candidate-selection LoRA into --output/lm_adapter (resumable); "
+            "evaluate: measure the weights in --output"
+        },
+    )
+    output: Path | None = field(
+        default=None,
+        metadata={"help": "vision-weights folder (default: the shipped lavic/assets/tiny)"},
+    )
+    steps: int = field(
+        default=PretrainConfig.caption_steps,
+        metadata={"help": "caption steps through the frozen language model"},
+    )
+    align_steps: int = field(
+        default=PretrainConfig.align_steps,
+        metadata={"help": "warm-up steps aligning image tokens to look-word embeddings"},
+    )
+    batch_size: int = field(default=PretrainConfig.batch_size, metadata={"help": "caption batch"})
+    lr: float = field(default=PretrainConfig.lr, metadata={"help": "caption learning rate"})
+    align_lr: float = field(
+        default=PretrainConfig.align_lr, metadata={"help": "warm-up learning rate"}
+    )
+    seed: int = field(default=0, metadata={"help": "initialisation and batching seed"})
+    catalogue_seed: int = field(
+        default=PRETRAIN_SEED,
+        metadata={"help": "synthetic catalogue seed for the training images (>= 100)"},
+    )
+    heldout_seed: int = field(
+        default=HELDOUT_SEED,
+        metadata={"help": "synthetic catalogue seed for the measurements (>= 100)"},
+    )
+    eval_items: int = field(
+        default=48, metadata={"help": "held-out descriptions for the perplexities"}
+    )
+    eval_describe: int = field(
+        default=24, metadata={"help": "held-out images described greedily (look accuracy)"}
+    )
+    eval_conversations: int = field(
+        default=60, metadata={"help": "held-out test conversations for the text-selection check"}
+    )
+    evaluate: bool = field(default=True, metadata={"help": "measure the weights after pretraining"})
+    chat_template: bool = field(
+        default=False,
+        metadata={
+            "help": "also measure the text-selection check with the prompt wrapped in "
+            "SmolLM2's chat template"
+        },
+    )
+    work_dir: Path | None = field(
+        default=None,
+        metadata={"help": "where the synthetic catalogues are written (default: a temp dir)"},
+    )
+    threads: int = field(default=2, metadata={"help": "torch CPU threads"})
+    item_token_steps: int = field(
+        default=ItemTokenConfig.steps, metadata={"help": "item_tokens: warm-start steps"}
+    )
+    curriculum: str = field(
+        default=InstructConfig.curriculum,
+        metadata={"help": "instruct: CANDIDATES:SAMPLES stages, in order"},
+    )
+    instruct_lr: float = field(
+        default=InstructConfig.lr, metadata={"help": "instruct: learning rate"}
+    )
+    instruct_rank: int = field(
+        default=InstructConfig.rank, metadata={"help": "instruct: LoRA rank"}
+    )
+    eval_every: int = field(
+        default=InstructConfig.eval_every,
+        metadata={"help": "instruct: samples between measurements"},
+    )
+    resume: bool = field(
+        default=False, metadata={"help": "instruct: continue from --work_dir's checkpoint"}
+    )
+
+
+def measure(backbone: Backbone, heldout_root: Path, args: Args) -> dict[str, Any]:
+    """The numbers of docs/tiny.md: teacher perplexity with the real / a blank / a shuffled
+    image, the look words of greedy descriptions, and SmolLM2's text-only candidate pick."""
+    samples = catalogue_samples(heldout_root)
+    # Items spread over kinds: take every k-th, deterministically.
+    step = max(1, len(samples) // max(1, args.eval_items, args.eval_describe))
+    held = samples[::step][: max(0, args.eval_items)]
+    out: dict[str, Any] = {"heldout_seed": args.heldout_seed}
+    start = time.perf_counter()
+    if held:
+        out["perplexity"] = {"n": len(held)}
+        for mode in ("real", "blank", "shuffled"):
+            ppl = teacher_perplexity(backbone, held, image_mode=mode)
+            out["perplexity"][mode] = round(ppl, 3)
+            log.info("teacher perplexity (%s image): %.3f", mode, ppl)
+    if args.eval_describe:
+        out["describe"] = description_look_accuracy(backbone, samples[::step][: args.eval_describe])
+        log.info(
+            "greedy descriptions naming colour %.2f, pattern %.2f",
+            out["describe"]["colour_accuracy"],
+            out["describe"]["pattern_accuracy"],
+        )
+    if args.eval_conversations:
+        out["text_selection"] = text_selection_accuracy(
+            backbone, heldout_root, limit=args.eval_conversations
+        )
+        log.info(
+            "text selection accuracy %.3f (chance %.3f, valid ids %.2f)",
+            out["text_selection"]["accuracy"],
+            out["text_selection"]["chance"],
+            out["text_selection"]["valid_id_rate"],
+        )
+        if args.chat_template:
+            out["text_selection_chat"] = text_selection_accuracy(
+                backbone, heldout_root, limit=args.eval_conversations, chat=True
+            )
+            log.info(
+                "text selection accuracy with the chat template %.3f",
+                out["text_selection_chat"]["accuracy"],
+            )
+    out["seconds"] = round(time.perf_counter() - start, 1)
+    return out
+
+
+def run(args: Args) -> int:
+    """Pretrain / cache / measure the tiny backbone; print a JSON summary."""
+    torch.set_num_threads(max(1, args.threads))
+    for name in ("catalogue_seed", "heldout_seed"):
+        if getattr(args, name) < 100:
+            raise LavicError(f"--{name} {getattr(args, name)}: seeds 0-99 are for demos/evaluation")
+    assets = Path(args.output) if args.output is not None else ASSETS_DIR
+    if args.mode == "cache":
+        load_tiny(assets_dir=assets)
+        final = cache_root() / f"tiny-{cache_key(assets)}"
+        print(json.dumps({"cache": str(final)}))
+        return 0
+    with contextlib.ExitStack() as stack:
+        work = args.work_dir
+        if work is None:
+            work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="lavic-tiny-")))
+        work = Path(work)
+        heldout_root = work / f"synthetic-{args.heldout_seed}"
+        need_heldout = args.mode == "evaluate" or (
+            args.evaluate and args.mode in ("pretrain", "item_tokens")
+        )
+        if need_heldout and not (heldout_root / "item2meta_train.json").is_file():
+            write_pretraining_catalogue(
+                heldout_root, args.heldout_seed, num_train=10, num_valid=5, num_test=40
+            )
+        if args.mode == "evaluate":
+            backbone = load_tiny(assets_dir=assets)
+            result = {"evaluation": measure(backbone, heldout_root, args)}
+            print(json.dumps(result, indent=2))
+            return 0
+        if args.mode == "instruct":
+            return run_instruct(args, assets, work)
+        if args.mode == "item_tokens":
+            return run_item_tokens(args, assets, work, heldout_root)
+        # pretrain
+        train_root = work / f"synthetic-{args.catalogue_seed}"
+        if not (train_root / "item2meta_train.json").is_file():
+            write_pretraining_catalogue(train_root, args.catalogue_seed)
+        samples = catalogue_samples(train_root)
+        config = PretrainConfig(
+            align_steps=args.align_steps,
+            caption_steps=args.steps,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            align_lr=args.align_lr,
+            seed=args.seed,
+        )
+        spec = TinySpec()
+        start = time.perf_counter()
+        backbone = assemble_tiny(spec, seed=args.seed)
+        record = pretrain(backbone, samples, config)
+        record["catalogue_seed"] = args.catalogue_seed
+        record["threads"] = args.threads
+        record["seconds_total"] = round(time.perf_counter() - start, 1)
+        # Ship fp16; measure what is shipped (the fp16-rounded weights).
+        state = write_assets(backbone.model, spec, assets)
+        load_vision_state(backbone.model, state)
+        result: dict[str, Any] = {"pretrain": record}
+        if args.evaluate:
+            result["evaluation"] = measure(backbone, heldout_root, args)
+        atomic_write_json(assets / METRICS_FILE, result)
+        os.chmod(assets / METRICS_FILE, 0o644)
+        print(json.dumps(result, indent=2))
+    return 0
+
+
+def _update_metrics(assets: Path, key: str, value: Any) -> None:
+    """Record ``value`` under ``key`` in the assets' metrics file, keeping the rest."""
+    path = assets / METRICS_FILE
+    metrics = json.loads(path.read_text()) if path.is_file() else {}
+    metrics[key] = value
+    atomic_write_json(path, metrics)
+    os.chmod(path, 0o644)
+
+
+def run_item_tokens(args: Args, assets: Path, work: Path, heldout_root: Path) -> int:
+    """Warm-start the [CLS] path of the vision weights in ``assets``; write them back there."""
+    train_root = work / f"synthetic-{args.catalogue_seed}"
+    if not (train_root / "item2meta_train.json").is_file():
+        write_pretraining_catalogue(train_root, args.catalogue_seed)
+    spec, _ = read_assets(assets)
+    backbone = load_tiny(assets_dir=assets)
+    record = warm_start_item_tokens(
+        backbone,
+        catalogue_samples(train_root),
+        ItemTokenConfig(steps=args.item_token_steps, seed=args.seed),
+    )
+    record["catalogue_seed"] = args.catalogue_seed
+    state = write_assets(backbone.model, spec, assets)
+    load_vision_state(backbone.model, state)
+    _update_metrics(assets, "item_tokens", record)
+    if args.evaluate:
+        _update_metrics(assets, "evaluation", measure(backbone, heldout_root, args))
+    print(json.dumps(record, indent=2))
+    return 0
+
+
+def run_instruct(args: Args, assets: Path, work: Path) -> int:
+    """Train the language model's selection LoRA; write it to ``assets/lm_adapter``."""
+    spec, state = read_assets(assets)
+    backbone = assemble_tiny(spec, state)  # SmolLM2 as is: the LoRA is trained from scratch
+    config = InstructConfig(
+        curriculum=args.curriculum,
+        lr=args.instruct_lr,
+        rank=args.instruct_rank,
+        alpha=2 * args.instruct_rank,
+        eval_every=args.eval_every,
+        eval_conversations=args.eval_conversations,
+        seed=args.seed,
+    )
+    model, record = instruct(backbone, config, work_dir=work / "instruct", resume=args.resume)
+    save_adapter(model, assets / LM_ADAPTER_DIR)
+    _update_metrics(assets, "instruct", record)
+    print(json.dumps(record["curve"], indent=2))
+    return 0

@@ -1,0 +1,375 @@
+"""The stand-in's instruction skill: SmolLM2 learns to pick a candidate from text.
+
+LaViC assumes an instruction-following backbone that can match a request to one of ten
+candidates and answer its ID (Mistral-7B-Instruct has this from its own tuning). SmolLM2-135M
+does not (zero-shot 0.16-0.18 on ten candidates with the look written in words, chance 0.10),
+so ``tiny`` gets it here, once, from text alone: the seed's recommendation prompt, each
+candidate line carrying its look in words. This is the stand-in's instruction tuning, not
+LaViC's stage 2: the demo's titles never state the look, so text-only stays at chance there.
+
+Ten candidates from the start learn nothing in 600 samples; a curriculum from two candidates
+gets going at once (measured, docs/tiny.md), so the run is a list of ``(candidates, samples)``
+stages. The result is a LoRA on the language model's linear layers, shipped as a PEFT adapter
+under ``lavic/assets/tiny/lm_adapter/`` and merged into the weights at load (:func:`lavic.model.tiny.load_tiny`).
+
+Catalogues come from the synthetic generator (default style) with seeds >= 1000; the
+evaluation uses seed 1001's cold test items, never trained on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lavic.data.synthetic import plan_catalogue
+from lavic.data.synthetic.catalogue import PlannedItem
+from lavic.errors import LavicError
+from lavic.io import atomic_write_json
+from lavic.model.backbone import Backbone
+from lavic.model.inputs import build_batch
+from lavic.tune.prompt import build_recommend_prompt
+
+log = logging.getLogger(__name__)
+
+
+
+def lm_targets(first_layer: int) -> str:
+    """A PEFT target regex: every linear layer of the language model's decoder layers from
+    ``first_layer`` up (Llama names); the vision side is never touched. Training only the
+    upper layers stops the backward pass there: on a CPU, 1.5x faster for the top half."""
+    return (
+        rf".*language_model\.layers\.(?:{'|'.join(str(i) for i in range(first_layer, 200))})\."
+        r"(?:self_attn\.(?:q|k|v|o)_proj|mlp\.(?:gate|up|down)_proj)"
+    )
+ADAPTER_DIR = "lm_adapter"
+MAX_LENGTH = 1024
+# How a candidate's look is written: on its own line after the title (where LaViC puts the
+# five item tokens), inside the title, or as the teacher description's first sentence.
+LOOK_FORMATS = ("line", "title", "description")
+
+
+@dataclass
+class InstructConfig:
+    """Hyper-parameters of :func:`instruct` (defaults: the shipped run's)."""
+
+    curriculum: str = "2:250,4:250,10:400"  # candidates:samples, in order
+    rank: int = 16
+    alpha: int = 32
+    first_layer: int = 15  # LoRA on decoder layers first_layer.. (SmolLM2-135M has 30)
+    lr: float = 5e-4
+    batch_size: int = 4
+    warmup_samples: int = 40
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    look_formats: str = "line,title"  # drawn per sample, uniformly
+    eval_every: int = 150  # samples
+    eval_conversations: int = 30
+    eval_candidates: int = 10
+    max_length: int = 1024  # tokens of prompt + answer (the synthetic prompts need ~600)
+    checkpoint_minutes: float = 4.0
+    seed: int = 0
+    train_seed: int = 1100  # catalogue seeds train_seed, train_seed+1, ... (>= 1000)
+    eval_seed: int = 1001
+
+
+@dataclass(frozen=True)
+class SelectionSample:
+    """One conversation with its candidates (the answer among them) as text."""
+
+    context: str
+    candidates: tuple[tuple[str, str], ...]  # (item_id, text after "ID: ")
+    target: str
+
+
+def parse_curriculum(spec: str) -> list[tuple[int, int]]:
+    """``"2:400,4:300,10:800"`` -> ``[(2, 400), (4, 300), (10, 800)]``."""
+    stages = []
+    for part in spec.split(","):
+        try:
+            n_cand, n_samples = (int(x) for x in part.split(":"))
+        except ValueError:
+            raise LavicError(f"curriculum stage {part!r}: expected CANDIDATES:SAMPLES") from None
+        if n_cand < 2 or n_samples < 1:
+            raise LavicError(f"curriculum stage {part!r}: need >= 2 candidates and >= 1 sample")
+        stages.append((n_cand, n_samples))
+    return stages
+
+
+def look_text(item: PlannedItem, fmt: str) -> str:
+    """The candidate's text after ``"ID: "``: its title with the look written in words."""
+    colour, pattern = item.look.colour.word, item.look.pattern
+    if fmt == "line":
+        return f"{item.title}\n{colour} {pattern}"
+    if fmt == "title":
+        return f"{item.title}, {colour} {pattern}"
+    if fmt == "description":
+        return f"{item.title}\n{item.images[0].description.split('. ')[0].rstrip('.')}."
+    raise LavicError(f"unknown look format {fmt!r}; choose from {LOOK_FORMATS}")
+
+
+def selection_samples(
+    seed: int,
+    split: str,
+    count: int,
+    num_candidates: int,
+    formats: Sequence[str],
+    *,
+    style: str = "default",
+) -> list[SelectionSample]:
+    """``count`` conversations of one synthetic catalogue (answer among the candidates),
+    shuffled over its categories, each candidate's look written in a format drawn from
+    ``formats`` (one format per conversation)."""
+    if seed < 1000:
+        raise LavicError(f"seed {seed}: instruction data uses catalogue seeds >= 1000")
+    per_category = -(-count // 3) + 8  # a few spare: some test answers are dropped
+    plan = plan_catalogue(
+        seed=seed,
+        style=style,
+        num_train=per_category if split == "train" else 4,
+        num_valid=4,
+        num_test=per_category if split == "test" else 4,
+        num_candidates=num_candidates,
+        min_items_per_kind=max(20, num_candidates + 1),
+    )
+    rng = random.Random(f"instruct/{seed}/{split}")
+    rows = []
+    for category in plan.categories:
+        for record in plan.conversations[category][split]:
+            target = record["gt_items"][0]
+            if target not in record["candidates_st"]:
+                continue
+            fmt = rng.choice(list(formats))
+            cands = tuple((i, look_text(plan.items[i], fmt)) for i in record["candidates_st"])
+            rows.append(SelectionSample(record["context"], cands, target))
+    rng.shuffle(rows)
+    if len(rows) < count:
+        raise LavicError(f"catalogue seed {seed} gave {len(rows)} conversations, {count} asked")
+    return rows[:count]
+
+
+def curriculum_samples(config: InstructConfig) -> list[SelectionSample]:
+    """The whole training sequence: each stage from its own catalogue seed."""
+    formats = config.look_formats.split(",")
+    rows: list[SelectionSample] = []
+    for k, (n_cand, n_samples) in enumerate(parse_curriculum(config.curriculum)):
+        rows += selection_samples(config.train_seed + k, "train", n_samples, n_cand, formats)
+    return rows
+
+
+def add_lm_adapter(backbone: Backbone, config: InstructConfig):
+    """The backbone's model wrapped with a fresh LoRA on its language model's linear layers."""
+    from peft import LoraConfig, get_peft_model
+
+    for p in backbone.model.parameters():
+        p.requires_grad_(False)
+    lora = LoraConfig(
+        r=config.rank,
+        lora_alpha=config.alpha,
+        lora_dropout=0.0,
+        target_modules=lm_targets(config.first_layer),
+    )
+    return get_peft_model(backbone.model, lora)
+
+
+def prompts_and_targets(
+    backbone: Backbone, rows: Sequence[SelectionSample], max_length: int = MAX_LENGTH
+):
+    """The seed's text-only recommendation prompts of ``rows`` and their answers."""
+    prompts = [
+        build_recommend_prompt(
+            backbone.tokenizer, r.context, r.candidates, max_length=max_length, with_images=False
+        ).text
+        for r in rows
+    ]
+    return prompts, [r.target for r in rows]
+
+
+def selection_loss(
+    model, backbone: Backbone, rows: Sequence[SelectionSample], max_length: int = MAX_LENGTH
+) -> torch.Tensor:
+    """Mean cross-entropy of the answers (ID + EOS) given the prompts."""
+    from lavic.tune.module import target_loss_sums
+
+    prompts, targets = prompts_and_targets(backbone, rows, max_length)
+    batch = build_batch(backbone.tokenizer, prompts, targets, max_length=max_length)
+    loss_sum, count = target_loss_sums(
+        model,
+        backbone.tokenizer,
+        {
+            "input_ids": batch.input_ids,
+            "attention_mask": batch.attention_mask,
+            "labels": batch.labels,
+            "item_tokens": None,
+        },
+    )
+    return loss_sum / count.clamp(min=1)
+
+
+@torch.no_grad()
+def selection_accuracy(
+    model,
+    backbone: Backbone,
+    rows: Sequence[SelectionSample],
+    *,
+    batch_size: int = 4,
+    max_length: int = MAX_LENGTH,
+) -> float:
+    """Recall@1 by scoring every candidate's answer (the evaluator's default decoding)."""
+    from lavic.evaluation.decoding import prepare_prompts, score_candidates
+
+    was_training = model.training
+    model.eval()
+    hits = 0
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start : start + batch_size]
+        prompts, _ = prompts_and_targets(backbone, chunk, max_length)
+        batch = prepare_prompts(
+            model, backbone.tokenizer, prompts, [None] * len(chunk), max_length=max_length
+        )
+        scores = score_candidates(
+            model, backbone.tokenizer, batch, [[i for i, _ in r.candidates] for r in chunk]
+        )
+        for row, s in zip(chunk, scores, strict=True):
+            hits += max(s, key=s.get) == row.target
+    model.train(was_training)
+    return hits / max(1, len(rows))
+
+
+def _lr_factor(seen: int, config: InstructConfig, total: int) -> float:
+    """Linear warm-up, then cosine to 10% over the whole run."""
+    if seen < config.warmup_samples:
+        return (seen + config.batch_size) / config.warmup_samples
+    progress = min(1.0, (seen - config.warmup_samples) / max(1, total - config.warmup_samples))
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def save_adapter(model, out_dir: Path, *, dtype: torch.dtype = torch.float16) -> None:
+    """Write the LoRA as a PEFT adapter folder (``dtype`` weights), atomically."""
+    from safetensors.torch import load_file, save_file
+
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(str(tmp), safe_serialization=True)
+    weights = tmp / "adapter_model.safetensors"
+    state = {k: v.to(dtype).contiguous() for k, v in load_file(str(weights)).items()}
+    save_file(state, str(weights), metadata={"format": "pt", "lavic": "tiny LM instruction LoRA"})
+    for path in tmp.iterdir():
+        os.chmod(path, 0o644)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    os.replace(tmp, out_dir)
+
+
+def _save_checkpoint(model, opt, ckpt: Path, seen: int, curve: list[dict[str, Any]]) -> None:
+    tmp = ckpt.with_name(f".{ckpt.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    model.save_pretrained(str(tmp / "adapter"), safe_serialization=True)
+    torch.save(opt.state_dict(), tmp / "optimizer.pt")
+    atomic_write_json(tmp / "state.json", {"seen": seen, "curve": curve})
+    shutil.rmtree(ckpt, ignore_errors=True)
+    os.replace(tmp, ckpt)
+
+
+def instruct(
+    backbone: Backbone,
+    config: InstructConfig | None = None,
+    *,
+    work_dir: Path,
+    resume: bool = False,
+) -> tuple[Any, dict[str, Any]]:
+    """Train the LM's selection skill; return ``(peft model, record)``.
+
+    Checkpoints go to ``work_dir/checkpoint`` every ``checkpoint_minutes``; ``resume`` continues
+    from there (same config: the samples are a pure function of it). The accuracy on
+    ``eval_conversations`` cold test conversations (10 candidates, seed ``eval_seed``, every look
+    format) is measured every ``eval_every`` samples and recorded as the learning curve.
+    """
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+    from tqdm.auto import tqdm
+
+    config = config or InstructConfig()
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(work_dir / "config.json", asdict(config))
+    torch.manual_seed(config.seed)
+    train = curriculum_samples(config)
+    formats = config.look_formats.split(",")
+    test = selection_samples(
+        config.eval_seed, "test", config.eval_conversations, config.eval_candidates, formats
+    )
+    model = add_lm_adapter(backbone, config)
+    params = [p for p in model.parameters() if p.requires_grad]
+    log.info("instruction LoRA: %d trainable parameters", sum(p.numel() for p in params))
+    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    ckpt = work_dir / "checkpoint"
+    seen, curve = 0, []
+    if resume and (ckpt / "state.json").is_file():
+        state = json.loads((ckpt / "state.json").read_text())
+        seen, curve = state["seen"], state["curve"]
+        set_peft_model_state_dict(
+            model, load_file(str(ckpt / "adapter" / "adapter_model.safetensors"))
+        )
+        opt.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
+        log.info("resumed at %d samples", seen)
+    model.train()
+    if not curve:
+        acc = selection_accuracy(model, backbone, test, max_length=config.max_length)
+        curve.append({"samples": 0, "accuracy": round(acc, 4), "train_s": 0.0})
+        log.info("samples 0: accuracy %.3f", acc)
+    train_s = curve[-1]["train_s"]
+    next_eval = (seen // config.eval_every + 1) * config.eval_every
+    last_ckpt = time.monotonic()
+    losses: list[float] = []
+    bar = tqdm(total=len(train), initial=seen, desc="instruct", unit="sample")
+    while seen < len(train):
+        start = time.perf_counter()
+        rows = train[seen : seen + config.batch_size]
+        for g in opt.param_groups:
+            g["lr"] = config.lr * _lr_factor(seen, config, len(train))
+        loss = selection_loss(model, backbone, rows, config.max_length)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+        opt.step()
+        seen += len(rows)
+        train_s += time.perf_counter() - start
+        losses.append(loss.item())
+        bar.update(len(rows))
+        bar.set_postfix(
+            loss=f"{sum(losses[-10:]) / len(losses[-10:]):.3f}", cands=len(rows[0].candidates)
+        )
+        if seen >= next_eval or seen >= len(train):
+            next_eval += config.eval_every
+            acc = selection_accuracy(model, backbone, test, max_length=config.max_length)
+            curve.append(
+                {
+                    "samples": seen,
+                    "candidates": len(rows[0].candidates),
+                    "accuracy": round(acc, 4),
+                    "loss": round(sum(losses[-10:]) / len(losses[-10:]), 4),
+                    "train_s": round(train_s, 1),
+                }
+            )
+            log.info("samples %d: accuracy %.3f (%.1f min of training)", seen, acc, train_s / 60)
+            with (work_dir / "curve.jsonl").open("a") as f:
+                f.write(json.dumps(curve[-1]) + "\n")
+        if time.monotonic() - last_ckpt > config.checkpoint_minutes * 60 or seen >= len(train):
+            _save_checkpoint(model, opt, ckpt, seen, curve)
+            last_ckpt = time.monotonic()
+    bar.close()
+    model.eval()
+    record = {"config": asdict(config), "num_samples": len(train), "curve": curve}
+    return model, record
