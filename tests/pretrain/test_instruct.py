@@ -19,8 +19,12 @@ from lavic.pretrain.vision import ItemTokenConfig, _patch_tokens, warm_start_ite
 
 
 def test_curriculum_is_parsed_and_checked():
-    assert ins.parse_curriculum("2:400,4:300,10:800") == [(2, 400), (4, 300), (10, 800)]
-    for bad in ("2", "1:10", "2:0", "a:b"):
+    assert ins.parse_curriculum("2:400:line,4:300:line+title,10:800") == [
+        (2, 400, ("line",)),
+        (4, 300, ("line", "title")),
+        (10, 800, None),
+    ]
+    for bad in ("2", "1:10", "2:0", "a:b", "2:5:poem", "2:5:line:x"):
         with pytest.raises(LavicError, match="curriculum stage"):
             ins.parse_curriculum(bad)
 
@@ -156,9 +160,10 @@ def test_item_token_warm_start_moves_the_cls_path_and_keeps_the_patch_path():
     record = warm_start_item_tokens(
         b, samples, ItemTokenConfig(steps=150, batch_size=4, lr=3e-2, warmup_fraction=0.05)
     )
-    assert record["loss_last20"] < record["loss_first20"]
-    # the item tokens move towards their look words (nearest-word accuracy over the table)
-    assert record["word_accuracy_last20"] >= record["word_accuracy_first20"] + 0.15
+    assert record["loss_last20"] < 0.5 * record["loss_first20"]
+    # the item tokens move towards their look words (nearest-word accuracy over the table;
+    # on tiny-random's 32-pixel views some crops of a striped and a plain image are the same)
+    assert record["word_accuracy_last20"] >= record["word_accuracy_first20"] + 0.1
     with torch.no_grad():
         after = encode_item_tokens(b.model, views)
         patches_after = _patch_tokens(b.model, views[:, 0])

@@ -63,17 +63,21 @@ LOOK_FORMATS = ("line", "title", "description")
 class InstructConfig:
     """Hyper-parameters of :func:`instruct` (defaults: the shipped run's)."""
 
-    curriculum: str = "2:250,4:250,10:400"  # candidates:samples, in order
+    # candidates:samples[:formats], in order: two candidates with the look on its own line are
+    # the way in (ten from the start learn nothing in 600 samples, docs/tiny.md)
+    curriculum: str = "2:400:line,4:300,10:300"
     rank: int = 16
     alpha: int = 32
-    first_layer: int = 15  # LoRA on decoder layers first_layer.. (SmolLM2-135M has 30)
+    # LoRA on decoder layers first_layer.. (SmolLM2-135M has 30). The top half alone learned
+    # nothing from 420 samples (2 candidates: 0.47, chance 0.5): the matching needs them all.
+    first_layer: int = 0
     lr: float = 5e-4
     batch_size: int = 4
     warmup_samples: int = 40
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     look_formats: str = "line,title"  # drawn per sample, uniformly
-    eval_every: int = 150  # samples
+    eval_every: int = 250  # samples
     eval_conversations: int = 30
     eval_candidates: int = 10
     max_length: int = 1024  # tokens of prompt + answer (the synthetic prompts need ~600)
@@ -92,17 +96,28 @@ class SelectionSample:
     target: str
 
 
-def parse_curriculum(spec: str) -> list[tuple[int, int]]:
-    """``"2:400,4:300,10:800"`` -> ``[(2, 400), (4, 300), (10, 800)]``."""
+def parse_curriculum(spec: str) -> list[tuple[int, int, tuple[str, ...] | None]]:
+    """``"2:400:line,4:300,10:800"`` -> ``[(2, 400, ("line",)), (4, 300, None), (10, 800, None)]``:
+    candidates, samples and optionally the stage's look formats (``+``-joined; None: the
+    run's ``look_formats``)."""
     stages = []
     for part in spec.split(","):
+        fields = part.split(":")
         try:
-            n_cand, n_samples = (int(x) for x in part.split(":"))
-        except ValueError:
-            raise LavicError(f"curriculum stage {part!r}: expected CANDIDATES:SAMPLES") from None
+            n_cand, n_samples = int(fields[0]), int(fields[1])
+            if len(fields) > 3:
+                raise ValueError
+        except (ValueError, IndexError):
+            raise LavicError(
+                f"curriculum stage {part!r}: expected CANDIDATES:SAMPLES[:FORMAT+FORMAT]"
+            ) from None
         if n_cand < 2 or n_samples < 1:
             raise LavicError(f"curriculum stage {part!r}: need >= 2 candidates and >= 1 sample")
-        stages.append((n_cand, n_samples))
+        formats = tuple(fields[2].split("+")) if len(fields) == 3 else None
+        for fmt in formats or ():
+            if fmt not in LOOK_FORMATS:
+                raise LavicError(f"curriculum stage {part!r}: unknown look format {fmt!r}")
+        stages.append((n_cand, n_samples, formats))
     return stages
 
 
@@ -162,8 +177,10 @@ def curriculum_samples(config: InstructConfig) -> list[SelectionSample]:
     """The whole training sequence: each stage from its own catalogue seed."""
     formats = config.look_formats.split(",")
     rows: list[SelectionSample] = []
-    for k, (n_cand, n_samples) in enumerate(parse_curriculum(config.curriculum)):
-        rows += selection_samples(config.train_seed + k, "train", n_samples, n_cand, formats)
+    for k, (n_cand, n_samples, stage_formats) in enumerate(parse_curriculum(config.curriculum)):
+        rows += selection_samples(
+            config.train_seed + k, "train", n_samples, n_cand, stage_formats or formats
+        )
     return rows
 
 
