@@ -148,8 +148,6 @@ def context_fit(cache_dir: Path) -> dict[str, Any]:
     }
 
 
-
-
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     print(json.dumps(context_fit(Path("runs/bench")), indent=2))

@@ -176,8 +176,6 @@ def bench_distill(name: str, *, repeats: int = 5) -> dict[str, Any]:
     }
 
 
-
-
 if __name__ == "__main__":
     sys.exit(
         section_main(

@@ -203,8 +203,6 @@ def bench_inference(name: str, *, repeats: int = 5, tmp: Path) -> dict[str, Any]
     }
 
 
-
-
 if __name__ == "__main__":
     sys.exit(
         section_main(

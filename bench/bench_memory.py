@@ -102,8 +102,6 @@ def bench_memory(name: str) -> dict[str, Any]:
     return out
 
 
-
-
 def main(argv: list[str]) -> int:
     if len(argv) == 4 and argv[0] == "--memory-child":
         print(json.dumps(memory_child(argv[1], argv[2], argv[3])))

@@ -204,8 +204,6 @@ def bench_tune_cache(name: str, *, repeats: int = 5) -> dict[str, Any]:
     return result
 
 
-
-
 def _run(args, tmp: Path) -> dict[str, Any]:
     return {
         "tune_cache": bench_tune_cache(args.model, repeats=args.repeats),
