@@ -320,11 +320,13 @@ def test_get_names_missing_ids_and_keeps_order(tmp_path: Path, catalogue: Path):
 
 
 def _write_adapter_artifact(path: Path, kind: str, payload: bytes, parent: str | None):
+    """An artefact whose adapter weights are ``payload`` (the fingerprint hashes bytes only)."""
+    from lavic.artifacts import artifact_info
+
     path.mkdir(parents=True)
     (path / "adapter_model.safetensors").write_bytes(payload)
-    (path / "lavic.json").write_text(
-        json.dumps({"kind": kind, "base_model": "tiny-random", "parent": parent})
-    )
+    info = artifact_info(kind=kind, base_model="tiny-random", parent=parent)
+    (path / "lavic.json").write_text(json.dumps(info))
 
 
 def test_adapter_fingerprint(tmp_path: Path):
