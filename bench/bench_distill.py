@@ -41,6 +41,8 @@ from reference_style import (  # noqa: E402
 
 from lavic.constants import DISTILL_PROMPT  # noqa: E402
 from lavic.data.records import DescribedImage  # noqa: E402
+from lavic.distill.module import DistillModule, StudentCollator  # noqa: E402
+from lavic.distill.train import wrap_with_vision_lora  # noqa: E402
 from lavic.model.backbone import Backbone  # noqa: E402
 
 # Stage 1 of the real model: the seed's prompt (~120 Mistral tokens with a title) and the
@@ -82,9 +84,6 @@ def distill_description(tokenizer, name: str) -> str:
 
 
 def distill_variants(backbone: Backbone, name: str) -> tuple[dict[str, Callable], dict]:
-    from lavic.distill.module import DistillModule, StudentCollator
-    from lavic.distill.train import wrap_with_vision_lora
-
     tok = backbone.tokenizer
     description = distill_description(tok, name)
     images = bm.product_images(DISTILL_BATCH)

@@ -42,15 +42,14 @@ from reference_style import ReferenceCollator, reference_training_step  # noqa: 
 from lavic.model.backbone import unwrap  # noqa: E402
 from lavic.model.item_tokens import encode_item_tokens  # noqa: E402
 from lavic.tune.data import PromptedSample, RecommendCollator  # noqa: E402
+from lavic.tune.module import RecommendTuner  # noqa: E402
 from lavic.tune.prompt import build_recommend_prompt  # noqa: E402
+from lavic.tune.train import add_language_lora  # noqa: E402
 
 
 def tune_variants(w: Workload) -> dict[str, Callable[[], Any]]:
     """``ours`` (cache), ``recompute`` (vision tower on ready views) and ``reference_style``,
     all on one LoRA-wrapped model (LoRA r=8 on the language model, train mode)."""
-    from lavic.tune.module import RecommendTuner
-    from lavic.tune.train import add_language_lora
-
     peft = add_language_lora(
         w.backbone.model, r=LORA["r"], alpha=LORA["alpha"], dropout=LORA["dropout"]
     )
