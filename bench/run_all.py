@@ -10,29 +10,28 @@ prints a compact table. docs/benchmarks.md ("Pipeline speed") explains each figu
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import logging
 import os
-import platform
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_model as bm  # noqa: E402
-import bench_pipeline as bp  # noqa: E402
+from bench_context import context_fit  # noqa: E402
+from bench_distill import bench_distill  # noqa: E402
+from bench_inference import bench_inference  # noqa: E402
+from bench_memory import bench_memory  # noqa: E402
+from bench_tune import bench_tune_cache, bench_tune_vs_reference  # noqa: E402
+from harness import DISTILL_BATCH, LORA, MAX_LENGTH, ROOT, choose_threads, machine  # noqa: E402
 
 from lavic.io import atomic_write_json  # noqa: E402
 
 log = logging.getLogger("bench")
-ROOT = Path(__file__).resolve().parents[1]
 GPU_RESULTS = ROOT / "bench" / "results" / "gpu_h200_run1.json"
 GPU_COMMIT = "9703690"
 
@@ -42,77 +41,6 @@ EXPECT = {
     "infer_speedup_vs_reference_style": ("min", 1.6),
     "infer_time_over_prefill_floor": ("max", 1.3),
 }
-
-
-def choose_threads(requested: int) -> tuple[int, str]:
-    """``requested`` threads unless the cores are oversubscribed by other jobs.
-
-    On a shared machine whose other jobs keep both cores busy, every multi-threaded op waits
-    at its barrier for a thread that is not scheduled: a small model's forward then takes
-    ~10x longer with 2 threads than with 1 (measured here: 0.64 s vs 0.045 s), and the time
-    counts barriers, not work. Probe: 300 elementwise ops on a 1,500 x 64 tensor.
-    """
-    if requested <= 1:
-        return max(requested, 1), "as requested"
-    x = torch.randn(1500, 64)
-
-    def probe(n: int) -> float:
-        torch.set_num_threads(n)
-        best = float("inf")
-        for _ in range(3):
-            start = time.perf_counter()
-            for _ in range(300):
-                x.mul(1.0001).add_(0.5)
-            best = min(best, time.perf_counter() - start)
-        return best
-
-    one, many = probe(1), probe(requested)
-    if many > 1.5 * one:
-        torch.set_num_threads(1)
-        return 1, (
-            f"{requested} threads were {many / one:.1f}x slower than 1 on the probe "
-            f"(cores oversubscribed by other jobs): measured with 1 thread"
-        )
-    torch.set_num_threads(requested)
-    return requested, f"probe: {requested} threads {one / many:.2f}x the speed of 1"
-
-
-def machine() -> dict[str, Any]:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-        ).stdout.strip()
-        dirty = bool(
-            subprocess.run(
-                ["git", "status", "--porcelain", "--", "src", "bench"],
-                cwd=ROOT,
-                capture_output=True,
-                text=True,
-            ).stdout.strip()
-        )
-    except OSError:
-        commit, dirty = "unknown", None
-    import transformers
-
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "commit": commit,
-        "uncommitted_changes_in_src_or_bench": dirty,
-        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "load_average_start": os.getloadavg(),
-    }
 
 
 def gpu_summary() -> dict[str, Any] | None:
@@ -259,9 +187,9 @@ def main() -> int:
             "views_per_item": bm.NUM_ITEM_TOKENS,
             "prompt_tokens": bm.PROMPT_TOKENS,
             "image_size": bm.IMAGE_SIZE,
-            "max_length": bp.MAX_LENGTH,
-            "lora": bp.LORA,
-            "distill_batch": bp.DISTILL_BATCH,
+            "max_length": MAX_LENGTH,
+            "lora": LORA,
+            "distill_batch": DISTILL_BATCH,
         },
         "flop_count": {
             "real_llava_v16_mistral_7b": bm.flop_count(
@@ -283,18 +211,18 @@ def main() -> int:
             del backbone
             sections: dict[str, Any] = {}
             log.info("%s: inference", name)
-            sections["inference"] = bp.bench_inference(name, repeats=args.repeats, tmp=Path(tmp))
+            sections["inference"] = bench_inference(name, repeats=args.repeats, tmp=Path(tmp))
             results["flop_count"][name] = bm.flop_count(
                 vision, text, prompt_tokens=sections["inference"]["prompt_tokens"]
             )
             log.info("%s: stage-2 training, cache vs recompute (bench/bench_cache.py)", name)
-            sections["tune_cache"] = bp.bench_tune_cache(name, repeats=args.repeats)
+            sections["tune_cache"] = bench_tune_cache(name, repeats=args.repeats)
             log.info("%s: stage-2 training vs the reference's step", name)
-            sections["tune_reference"] = bp.bench_tune_vs_reference(
+            sections["tune_reference"] = bench_tune_vs_reference(
                 name, repeats=args.repeats, tmp=Path(tmp)
             )
             log.info("%s: stage-1 training", name)
-            sections["distill"] = bp.bench_distill(name, repeats=args.repeats)
+            sections["distill"] = bench_distill(name, repeats=args.repeats)
             results["sections"][name] = sections
             results["figures"][name] = {
                 "tune_speedup_cache_vs_recompute": sections["tune_cache"][
@@ -325,9 +253,9 @@ def main() -> int:
             log.info("%s done in %.0f s", name, time.perf_counter() - t0)
         if not args.no_memory and "bench" in args.models:
             log.info("bench: peak memory, one process per variant")
-            results["memory"]["bench"] = bp.bench_memory("bench")
+            results["memory"]["bench"] = bench_memory("bench")
     log.info("visual tokens per item and context fit")
-    results["context_fit"] = bp.context_fit(args.output.parent)
+    results["context_fit"] = context_fit(args.output.parent)
     results["machine"]["load_average_end"] = os.getloadavg()
     results["seconds"] = time.perf_counter() - start
     args.output.parent.mkdir(parents=True, exist_ok=True)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+from pathlib import Path
 
 import pytest
 
@@ -15,7 +17,13 @@ SMALL_DEMO = [
 
 
 @pytest.mark.slow
-def test_demo_end_to_end_writes_results_and_report(tmp_path, capsys):
+def _files_and_mtimes(*folders: Path) -> dict[str, int]:
+    return {
+        str(p): p.stat().st_mtime_ns for folder in folders for p in folder.rglob("*") if p.is_file()
+    }
+
+
+def test_demo_end_to_end_writes_results_and_report(tmp_path, capsys, caplog):
     out = tmp_path / "demo"
     assert main(["demo", "--output_dir", str(out), *SMALL_DEMO]) == 0
     results = json.loads((out / "results.json").read_text())
@@ -33,8 +41,20 @@ def test_demo_end_to_end_writes_results_and_report(tmp_path, capsys):
         assert (out / picture).stat().st_size > 1000
     printed = capsys.readouterr().out
     assert "report:" in printed and "LaViC" in printed
-    # A second run reuses every finished stage.
-    assert main(["demo", "--output_dir", str(out), *SMALL_DEMO]) == 0
+    # A second run reuses every finished stage: it says so for stage 1 and stage 2, and leaves
+    # the catalogue and both artefacts untouched (evaluation and the report are redone).
+    stage1 = out / "distill" / "vision_lora_adapter_best"
+    stage2 = out / "synthetic_home" / "lavic" / "trained_lora_adapter"
+    assert (stage1 / "lavic.json").is_file() and (stage2 / "lavic.json").is_file()
+    finished = _files_and_mtimes(out / "data", out / "distill", out / "synthetic_home" / "lavic")
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="lavic"):
+        assert main(["demo", "--output_dir", str(out), *SMALL_DEMO]) == 0
+    reused = [r.getMessage() for r in caplog.records if "already" in r.getMessage()]
+    assert any(str(stage1) in m for m in reused), reused
+    assert any(str(stage2) in m for m in reused), reused
+    again = _files_and_mtimes(out / "data", out / "distill", out / "synthetic_home" / "lavic")
+    assert again == finished
 
 
 def test_compare_to_text_only_needs_more_than_noise():

@@ -14,7 +14,8 @@ from lavic.cli import main
 from lavic.data.images import item_image_name, load_image
 from lavic.model.backbone import load_backbone, unwrap
 from lavic.model.item_tokens import encode_item_tokens, pixel_views
-from tune.fixtures import CATEGORY, ITEMS, NO_IMAGE, write_catalogue, write_stage1_artifact
+from lora_artefacts import write_stage1_artifact
+from tune.fixtures import CATEGORY, ITEMS, NO_IMAGE, write_catalogue
 
 torch.set_num_threads(1)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -43,7 +44,7 @@ class CountingEncoder:
 
 
 def expected_tokens(image: Image.Image) -> torch.Tensor:
-    pixels = torch.tensor(list(image.getdata()), dtype=torch.float32)  # (HW, 3)
+    pixels = torch.from_numpy(np.asarray(image, dtype=np.float32).reshape(-1, 3))  # (HW, 3)
     means = pixels.mean(dim=0) / 255.0  # (3,)
     v = torch.arange(1, 6, dtype=torch.float32)[:, None]
     d = torch.arange(1, D + 1, dtype=torch.float32)[None, :]
@@ -320,11 +321,13 @@ def test_get_names_missing_ids_and_keeps_order(tmp_path: Path, catalogue: Path):
 
 
 def _write_adapter_artifact(path: Path, kind: str, payload: bytes, parent: str | None):
+    """An artefact whose adapter weights are ``payload`` (the fingerprint hashes bytes only)."""
+    from lavic.artifacts import artifact_info
+
     path.mkdir(parents=True)
     (path / "adapter_model.safetensors").write_bytes(payload)
-    (path / "lavic.json").write_text(
-        json.dumps({"kind": kind, "base_model": "tiny-random", "parent": parent})
-    )
+    info = artifact_info(kind=kind, base_model="tiny-random", parent=parent)
+    (path / "lavic.json").write_text(json.dumps(info))
 
 
 def test_adapter_fingerprint(tmp_path: Path):

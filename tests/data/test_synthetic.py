@@ -1,9 +1,9 @@
 """The synthetic catalogue: the seed's layout, determinism, anyres variety, and the properties
 the demo relies on (text alone is at chance, descriptions reach the ceiling, test items are cold).
 
-Files are read back with plain ``json`` (and, where it is importable, with
-``lavic.data.loaders`` too). Catalogues here are small (a few hundred images, seconds to draw);
-the large-sample checks use :func:`plan_catalogue`, which builds the same data without images.
+Files are read back with plain ``json`` and with ``lavic.data.loaders``. Catalogues here are
+small (a few hundred images, seconds to draw); the large-sample checks use
+:func:`plan_catalogue`, which builds the same data without images.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import pytest
 from PIL import Image
 
 from lavic.cli import main
+from lavic.data import loaders
 from lavic.data.synthetic import (
     CANDIDATE_KEYS,
     SPLITS,
@@ -570,7 +571,6 @@ def test_heldout_layout_matches_default(heldout_cat):
 
 
 def test_files_load_through_lavic_loaders(default_cat):
-    loaders = pytest.importorskip("lavic.data.loaders")
     root = default_cat.root
     assert loaders.find_splits(root) == {c: list(SPLITS) for c in sorted(DEFAULT_CATEGORIES)}
     meta = loaders.load_item_meta(root / "item2meta_train.json")

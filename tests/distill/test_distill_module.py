@@ -18,6 +18,7 @@ from lavic.distill import module as dm
 from lavic.distill.train import Args, wrap_with_vision_lora
 from lavic.model.backbone import build_tiny_random, load_backbone, unwrap
 from lavic.model.lora import vision_lora_targets
+from lora_artefacts import randomise_lora_b
 
 R, ALPHA = 4, 8
 
@@ -52,14 +53,6 @@ def wrapped():
 
 def _module(backbone, peft_model):
     return dm.DistillModule(peft_model, backbone.item_token_ids, lr=1e-3, weight_decay=0.0)
-
-
-def _randomise_lora_b(peft_model, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in peft_model.named_parameters():
-            if "lora_B" in name:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
 
 
 # ------------------------------------------------------------------ trainable parameters
@@ -108,7 +101,7 @@ def test_a_training_step_changes_only_lora_weights(wrapped):
 
 def test_target_nll_matches_the_models_own_loss(wrapped):
     backbone, peft_model, _ = wrapped
-    _randomise_lora_b(peft_model)
+    randomise_lora_b(peft_model, seed=0, std=0.5)
     module = _module(backbone, peft_model).eval()
     batch = dm.StudentCollator(backbone.tokenizer, backbone.image_processor, 256)(ITEMS)
     with torch.no_grad():
@@ -245,7 +238,7 @@ def _student_logits(backbone, model, batch):
 
 def test_artifact_round_trip_gives_equal_logits(wrapped, tmp_path, tiny_catalogue):
     backbone, peft_model, _ = wrapped
-    _randomise_lora_b(peft_model, seed=3)
+    randomise_lora_b(peft_model, seed=3, std=0.5)
     args = Args(**tiny_catalogue, model_name="tiny-random", lora_r=R, lora_alpha=ALPHA)
     out = write_artifact(
         tmp_path / "runs" / "best",
@@ -332,7 +325,7 @@ def test_adapter_from_an_explicit_state_dict_equals_peft_own_save(
     from safetensors.torch import load_file
 
     backbone, peft_model, _ = wrapped
-    _randomise_lora_b(peft_model, seed=4)
+    randomise_lora_b(peft_model, seed=4, std=0.5)
     args = Args(**tiny_catalogue, model_name="tiny-random")
     kwargs = dict(
         kind="distill",

@@ -20,6 +20,7 @@ from lavic.evaluation.evaluate import (
     random_rankings,
     resolve_model_dir,
 )
+from lora_artefacts import TuneConfig, write_stage2_artifact
 
 torch.set_num_threads(1)
 
@@ -258,26 +259,7 @@ def test_baselines_are_seeded_and_text_only_model_dir_runs(dataset, tmp_path):
 
 def make_tuned_artefact(root: Path) -> Path:
     """FINETUNE_OUTPUT_DIR/trained_lora_adapter: a non-zero LM LoRA on tiny-random."""
-    from peft import LoraConfig, get_peft_model
-
-    from lavic.model.backbone import build_tiny_random
-    from lavic.model.lora import language_lora_targets
-
-    backbone = build_tiny_random()
-    torch.manual_seed(0)
-    config = LoraConfig(
-        r=4,
-        lora_alpha=16,
-        target_modules=language_lora_targets(backbone.model),
-        init_lora_weights=False,
-    )
-    peft_model = get_peft_model(backbone.model, config)
-    adapter = root / "trained_lora_adapter"
-    peft_model.save_pretrained(str(adapter))
-    (adapter / "lavic.json").write_text(
-        json.dumps({"kind": "tune", "base_model": "tiny-random", "parent": None})
-    )
-    (adapter / "config.yaml").write_text("lr: 0.0003\nweight_decay: 0.01\nnum_epochs: 2\n")
+    write_stage2_artifact(root / "trained_lora_adapter", seed=0, config=TuneConfig())
     return root
 
 

@@ -104,18 +104,18 @@ def catalogue(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def stage1(tmp_path_factory) -> Path:
-    """A tiny-random distill artefact whose vision LoRA is not the identity (tests/tune's)."""
-    from tune.fixtures import write_stage1_artifact
+    """A tiny-random distill artefact whose vision LoRA is not the identity."""
+    from lora_artefacts import write_stage1_artifact
 
     return write_stage1_artifact(tmp_path_factory.mktemp("robust-distill") / "vision_lora_best")
 
 
 @pytest.fixture(scope="session")
 def tuned(tmp_path_factory) -> Path:
-    """A tiny-random tune artefact on a distill artefact, both with random LoRA (tests/serving's)."""
-    from serving.conftest import make_tuned_artefact
+    """A tiny-random tune artefact on a distill artefact, both with random LoRA."""
+    from lora_artefacts import write_tuned_lineage
 
-    return make_tuned_artefact(tmp_path_factory.mktemp("robust-artefacts"))
+    return write_tuned_lineage(tmp_path_factory.mktemp("robust-artefacts"))
 
 
 def pytest_runtest_logreport(report):

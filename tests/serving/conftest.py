@@ -1,20 +1,21 @@
 """Session fixtures of the serving tests: a tiny tuned artefact, a drawn catalogue, its index.
 
 The tuned artefact is tiny-random with a stage-1 (vision) and a stage-2 (language) LoRA whose
-B matrices are random, written with :func:`lavic.artifacts.write_artifact`, so loading it runs
-the real lineage (base -> distill adapter merged -> tune adapter merged) in about a second.
+B matrices are random (tests/lora_artefacts.py, written with
+:func:`lavic.artifacts.write_artifact`), so loading it runs the real lineage (base -> distill
+adapter merged -> tune adapter merged) in about a second.
 The sentence-transformer (the bundled all-MiniLM-L6-v2) is loaded once per session.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import torch
 from PIL import Image, ImageDraw
+
+from lora_artefacts import write_tuned_lineage
 
 # (item id, title, colour, shape, description); ids mix ASINs and ISBN-style numbers.
 ITEMS: list[tuple[str, str | None, tuple[int, int, int], str, str | None]] = [
@@ -154,56 +155,9 @@ CONVERSATIONS = [
 ]
 
 
-@dataclass
-class _TinyConfig:
-    """The config saved with the test artefacts (write_artifact stores it as config.yaml)."""
-
-    model_name: str = "tiny-random"
-    max_length: int = 2048
-
-
-def _random_lora(backbone, targets: list[str], seed: int):
-    from peft import LoraConfig, get_peft_model
-
-    torch.manual_seed(seed)
-    config = LoraConfig(r=4, lora_alpha=8, target_modules=targets, init_lora_weights=False)
-    return get_peft_model(backbone.model, config)
-
-
-def make_tuned_artefact(root: Path) -> Path:
-    """A distill artefact and a tune artefact on top of it, both with random LoRA weights."""
-    from lavic.artifacts import write_artifact
-    from lavic.model.backbone import build_tiny_random, load_backbone
-    from lavic.model.lora import language_lora_targets, vision_lora_targets
-
-    base = build_tiny_random()
-    distilled = _random_lora(base, vision_lora_targets(base.model), seed=1)
-    distill_dir = write_artifact(
-        root / "distilled",
-        kind="distill",
-        model=distilled,
-        backbone=base,
-        config=_TinyConfig(),
-        metrics={},
-        base_model="tiny-random",
-    )
-    merged = load_backbone(distill_dir)
-    tuned = _random_lora(merged, language_lora_targets(merged.model), seed=2)
-    return write_artifact(
-        root / "tuned",
-        kind="tune",
-        model=tuned,
-        backbone=merged,
-        config=_TinyConfig(),
-        metrics={},
-        base_model="tiny-random",
-        parent=distill_dir,
-    )
-
-
 @pytest.fixture(scope="session")
 def tuned_dir(tmp_path_factory) -> Path:
-    return make_tuned_artefact(tmp_path_factory.mktemp("artefacts"))
+    return write_tuned_lineage(tmp_path_factory.mktemp("artefacts"))
 
 
 @pytest.fixture(scope="session")

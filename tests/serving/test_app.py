@@ -206,12 +206,20 @@ def test_openapi_and_docs(client):
     assert body["properties"]["candidates"]["anyOf"][0]["maxItems"] == 50
     r = client.get("/docs")
     assert r.status_code == 200 and "/openapi.json" in r.text
-    try:
-        import swagger_ui_bundle  # noqa: F401
-    except ImportError:
-        return
+    # swagger-ui-bundle is a dependency of the serve extra: installed, /docs is served locally.
+    import swagger_ui_bundle  # noqa: F401  (an ImportError here is a missing install step)
+
     assert "/docs-assets/swagger-ui-bundle.js" in r.text and "cdn" not in r.text
     assert client.get("/docs-assets/swagger-ui-bundle.js").status_code == 200
+
+
+def test_docs_fall_back_to_the_cdn_without_swagger_ui_bundle(recommender, monkeypatch):
+    monkeypatch.setitem(sys.modules, "swagger_ui_bundle", None)  # `import` now raises
+    with TestClient(create_app(recommender, max_wait_ms=2)) as c:
+        r = c.get("/docs")
+        assert r.status_code == 200 and "/openapi.json" in r.text
+        assert "/docs-assets/" not in r.text and "cdn" in r.text
+        assert c.get("/docs-assets/swagger-ui-bundle.js").status_code == 404
 
 
 # ------------------------------------------------------------------------------- bad requests

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from .fixtures import write_catalogue, write_stage1_artifact
+from lora_artefacts import write_stage1_artifact
+
+from .fixtures import write_catalogue
 
 
 @pytest.fixture(scope="session")

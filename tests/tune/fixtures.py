@@ -1,12 +1,10 @@
-"""Builders for stage-2 tests: a tiny synthetic catalogue and a tiny-random stage-1 artefact."""
+"""Builders for stage-2 tests: a tiny synthetic catalogue (the stage-1 artefact: tests/lora_artefacts.py)."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from PIL import Image
 
 CATEGORY = "toys"
@@ -78,39 +76,3 @@ def write_catalogue(root: Path) -> dict[str, Path]:
                 image.putpixel((x, y), (255 - colour[0], 255 - colour[1], 255 - colour[2]))
         image.save(image_dir / f"{item}_0.jpg", format="JPEG", quality=95)
     return {"data_dir": data_dir, "item_meta_path": meta_path, "image_dir": image_dir}
-
-
-def write_stage1_artifact(out_dir: Path) -> Path:
-    """A distill artefact of tiny-random whose vision LoRA is not the identity."""
-    from peft import LoraConfig, get_peft_model
-
-    from lavic.artifacts import write_artifact
-    from lavic.model.backbone import build_tiny_random
-    from lavic.model.lora import vision_lora_targets
-
-    backbone = build_tiny_random()
-    model = get_peft_model(
-        backbone.model,
-        LoraConfig(r=4, lora_alpha=8, target_modules=vision_lora_targets(backbone.model)),
-    )
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.2)  # B = 0 at init would make the adapter a no-op
-    return write_artifact(
-        out_dir,
-        kind="distill",
-        model=model,
-        backbone=backbone,
-        config=DistillConfig(),
-        metrics={"val_loss": 1.0},
-        base_model="tiny-random",
-    )
-
-
-@dataclass
-class DistillConfig:
-    """Stands in for stage 1's resolved config (saved as config.yaml)."""
-
-    model_name: str = "tiny-random"

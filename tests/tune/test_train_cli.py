@@ -228,7 +228,6 @@ def test_tune_bf16_mixed(stage1, catalogue, tmp_path: Path):
 
 
 def test_tune_then_evaluate(stage1, catalogue, tmp_path: Path):
-    pytest.importorskip("lavic.evaluation.evaluate")
     out = tmp_path / "ft"
     assert tune(stage1, catalogue, out, "--max_steps", "2") == 0
     metrics = json.loads((out / "metrics.json").read_text())
