@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import pytest
 from lavic.cli import COMMANDS, build_parser
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "cli_options.json"
-_DEFAULT = re.compile(r"\(default: (.*)\)\s*$", re.S)
+_DEFAULT = "(default: "
 
 
 def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
@@ -34,14 +33,18 @@ def describe_command(name: str) -> dict[str, dict]:
         if isinstance(action, argparse._HelpAction):
             continue
         help_text = " ".join((action.help or "").split())
-        found = _DEFAULT.search(help_text)
+        # The last "(default: X)": help texts may hold parentheses, and so may X itself.
+        at = help_text.rfind(_DEFAULT)
+        default = (
+            help_text[at + len(_DEFAULT) : -1] if at >= 0 and help_text.endswith(")") else None
+        )
         if isinstance(action, argparse.BooleanOptionalAction):
             kind = "bool"
         else:
             kind = getattr(action.type, "__name__", None) if action.type else None
         options[action.option_strings[0]] = {
             "flags": sorted(action.option_strings),
-            "default": found.group(1) if found else None,
+            "default": default,
             "required": help_text.endswith("(required)"),
             "type": kind,
             "nargs": action.nargs,
