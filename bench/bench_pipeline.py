@@ -65,8 +65,8 @@ from lavic.data.records import DescribedImage  # noqa: E402
 from lavic.evaluation.decoding import decode_batch, prepare_prompts  # noqa: E402
 from lavic.model.backbone import Backbone, unwrap  # noqa: E402
 from lavic.model.item_tokens import encode_item_tokens, pixel_views  # noqa: E402
+from lavic.prompts import build_recommend_prompt  # noqa: E402
 from lavic.tune.data import PromptedSample, RecommendCollator  # noqa: E402
-from lavic.tune.prompt import build_recommend_prompt  # noqa: E402
 
 log = logging.getLogger("bench_pipeline")
 
@@ -837,7 +837,7 @@ def context_fit(cache_dir: Path) -> dict[str, Any]:
     fixed = count(RECOMMEND_PROMPT_HEAD.format(conversation=conversation) + RECOMMEND_SUFFIX)
     with_five = count(RECOMMEND_CANDIDATE.format(item_id=item_id, title=title) * 2) // 2
     text_only = with_five - bm.NUM_ITEM_TOKENS  # ID: title\n + \n (the 5 tokens taken out)
-    reserve = 16  # the answer (lavic.tune.prompt.ANSWER_RESERVE)
+    reserve = 16  # the answer (lavic.prompts.ANSWER_RESERVE)
     full = full_tokens_per_image()
     fits: dict[str, Any] = {}
     for context in CONTEXTS:

@@ -1,0 +1,64 @@
+"""The one resume rule of both LoRA stages.
+
+A run's checkpoint is ``<output dir>/checkpoints/last.ckpt`` (:mod:`lavic.training.trainer`
+keeps it current). A run first deletes what a killed predecessor left half-written beside it;
+with ``--resume`` it continues from that file if there is one (else starts afresh, saying so).
+A checkpoint holds only the trainable (LoRA) weights, and loading one whose weights are not
+exactly this run's trainable ones is refused (:func:`check_trainable_keys`): another rank or
+other targets would otherwise resume silently from a partial state.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Collection
+from pathlib import Path
+
+from lavic.errors import LavicError
+from lavic.io import peek_checkpoint, remove_partial_writes
+
+log = logging.getLogger(__name__)
+
+
+def checkpoint_to_resume(ckpt_path: Path, *, resume: bool) -> str | None:
+    """The checkpoint ``trainer.fit`` should continue from, or None to start afresh.
+
+    Args:
+        ckpt_path: the run's ``last.ckpt``.
+        resume: ``--resume``.
+    """
+    ckpt_path = Path(ckpt_path)
+    if remove_partial_writes(ckpt_path):
+        log.warning("removed a partly written checkpoint beside %s (a killed run)", ckpt_path)
+    if not resume:
+        return None
+    if not ckpt_path.is_file():
+        log.warning("--resume: no checkpoint at %s; starting from scratch", ckpt_path)
+        return None
+    epoch, step = peek_checkpoint(ckpt_path)  # a damaged file is a one-line error here
+    log.info("resuming from %s epoch %d step %d", ckpt_path, epoch, step)
+    return str(ckpt_path)
+
+
+def check_trainable_keys(have: Collection[str], want: Collection[str]) -> None:
+    """Refuse a checkpoint whose saved weights are not this run's trainable ones.
+
+    Args:
+        have: the names in the checkpoint's ``state_dict``.
+        want: the names of this run's trainable parameters (as in a full state dict).
+
+    Raises:
+        LavicError: naming a few missing and unexpected weights.
+    """
+    have, want = set(have), set(want)
+    if have == want:
+        return
+    missing, extra = sorted(want - have)[:3], sorted(have - want)[:3]
+    raise LavicError(
+        f"checkpoint does not match this run's LoRA settings ({len(want - have)} weights "
+        f"missing, e.g. {missing}; {len(have - want)} unexpected, e.g. {extra}): resume "
+        "with the same model and --lora_* options"
+    )
+
+
+__all__ = ["check_trainable_keys", "checkpoint_to_resume"]
