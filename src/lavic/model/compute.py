@@ -78,10 +78,7 @@ def target_nll(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed next-token NLL over the labelled positions, and their count.
 
-    Args:
-        hidden: ``(B, T, D)`` last hidden states.
-        labels: ``(B, T)`` with ``IGNORE_INDEX`` where no loss is taken.
-        lm_head: the output projection.
+    Args are those of :func:`labelled_logits`.
 
     Returns:
         ``(sum_nll, num_tokens)``, both scalar tensors (float32, int64).

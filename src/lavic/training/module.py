@@ -15,7 +15,7 @@ import lightning as L
 import torch
 
 from lavic.errors import LavicError
-from lavic.training.resume import check_trainable_keys
+from lavic.training.resume import check_trainable_state
 from lavic.training.sampler import ShardSampler
 
 
@@ -125,7 +125,10 @@ class LoRAModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # (FSDP loads the weights itself and removes them from the dict before this hook.)
         if "state_dict" in checkpoint:
-            check_trainable_keys(checkpoint["state_dict"], self.trainable_keys())
+            trainable = {
+                clean_param_name(n): p for n, p in self.named_parameters() if p.requires_grad
+            }
+            check_trainable_state(checkpoint["state_dict"], trainable)
         state = checkpoint.get("lavic") or {}
         self.best = state.get("best")
         self._epoch_samples = int(state.get("epoch_samples", 0))

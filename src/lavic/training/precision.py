@@ -47,6 +47,7 @@ CHECK_BATCHES = 3
 
 # A batch -> ((N, V) logits at the labelled positions, (N,) labels); see labelled_logits.
 LogitsFn = Callable[[Any], tuple[torch.Tensor, torch.Tensor]]
+CPUINFO = Path("/proc/cpuinfo")
 
 
 def cpu_has_native_bf16() -> bool:
@@ -60,7 +61,7 @@ def cpu_has_native_bf16() -> bool:
             except RuntimeError:
                 pass
     try:
-        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+        flags = CPUINFO.read_text(encoding="utf-8", errors="replace")
     except OSError:
         return False
     words = set(flags.split())

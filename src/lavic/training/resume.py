@@ -4,15 +4,17 @@ A run's checkpoint is ``<output dir>/checkpoints/last.ckpt`` (:mod:`lavic.traini
 keeps it current). A run first deletes what a killed predecessor left half-written beside it;
 with ``--resume`` it continues from that file if there is one (else starts afresh, saying so).
 A checkpoint holds only the trainable (LoRA) weights, and loading one whose weights are not
-exactly this run's trainable ones is refused (:func:`check_trainable_keys`): another rank or
-other targets would otherwise resume silently from a partial state.
+exactly this run's trainable ones (names and shapes) is refused (:func:`check_trainable_state`):
+another ``--lora_r`` or other targets would otherwise fail deep inside Lightning, or resume
+from a partial state.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from lavic.errors import LavicError
 from lavic.io import peek_checkpoint, remove_partial_writes
@@ -40,25 +42,36 @@ def checkpoint_to_resume(ckpt_path: Path, *, resume: bool) -> str | None:
     return str(ckpt_path)
 
 
-def check_trainable_keys(have: Collection[str], want: Collection[str]) -> None:
+def check_trainable_state(have: Mapping[str, Any], want: Mapping[str, Any]) -> None:
     """Refuse a checkpoint whose saved weights are not this run's trainable ones.
 
     Args:
-        have: the names in the checkpoint's ``state_dict``.
-        want: the names of this run's trainable parameters (as in a full state dict).
+        have: the checkpoint's ``state_dict`` (name -> tensor).
+        want: this run's trainable parameters (name, as in a full state dict -> tensor).
 
     Raises:
-        LavicError: naming a few missing and unexpected weights.
+        LavicError: naming a few missing, unexpected or differently shaped weights (another
+            ``--lora_r`` keeps the names and changes the shapes).
     """
-    have, want = set(have), set(want)
-    if have == want:
+    missing, extra = sorted(set(want) - set(have)), sorted(set(have) - set(want))
+    reshaped = sorted(
+        k for k in set(have) & set(want) if tuple(have[k].shape) != tuple(want[k].shape)
+    )
+    if not (missing or extra or reshaped):
         return
-    missing, extra = sorted(want - have)[:3], sorted(have - want)[:3]
+    details = [
+        f"{len(found)} {what}, e.g. {found[:3]}"
+        for what, found in (
+            ("weights missing", missing),
+            ("unexpected", extra),
+            ("of another shape", reshaped),
+        )
+        if found
+    ]
     raise LavicError(
-        f"checkpoint does not match this run's LoRA settings ({len(want - have)} weights "
-        f"missing, e.g. {missing}; {len(have - want)} unexpected, e.g. {extra}): resume "
+        f"checkpoint does not match this run's LoRA settings ({'; '.join(details)}): resume "
         "with the same model and --lora_* options"
     )
 
 
-__all__ = ["check_trainable_keys", "checkpoint_to_resume"]
+__all__ = ["check_trainable_state", "checkpoint_to_resume"]
