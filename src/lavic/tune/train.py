@@ -9,7 +9,7 @@ once per image before training; the vision tower never runs in a training step.
 Writes ``FINETUNE_OUTPUT_DIR/trained_lora_adapter/`` (the best validation epoch's adapter, a
 self-describing artefact whose parent is the stage-1 artefact), ``FINETUNE_OUTPUT_DIR/
 metrics.json`` and then, unless ``--skip_eval``, evaluates on the test split
-(:func:`lavic.evaluation.evaluate.evaluate_split`).
+(:class:`lavic.evaluation.evaluate.Evaluator`, configured from this run's options).
 """
 
 from __future__ import annotations
@@ -401,25 +401,17 @@ def run(args: Args) -> int:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    from lavic.evaluation.evaluate import evaluate_split
+    from lavic.evaluation.evaluate import Args as EvaluateArgs
+    from lavic.evaluation.evaluate import Evaluator
 
-    evaluate_split(
+    evaluation = EvaluateArgs.following(
+        args,
         model_dir=adapter_dir,
-        data_dir=args.data_dir,
-        category=args.category,
-        candidate_type=args.candidate_type,
-        split="test",
-        item_meta_path=args.item_meta_path,
-        image_dir=args.image_dir,
         output_dir=out,
-        decoding=args.decoding,
-        no_images=args.no_images,
-        max_length=args.max_length,
-        batch_size=args.batch_size,
+        split="test",
         cache_dir=None if args.no_images else cache_dir,
-        lenient=args.lenient,
-        train_info=metrics,
     )
+    Evaluator(evaluation).evaluate(train_info=metrics)
     return 0
 
 
