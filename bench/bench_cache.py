@@ -36,10 +36,10 @@ from PIL import Image
 from lavic.cache.store import build_item_token_cache
 from lavic.data.images import item_image_name, load_image
 from lavic.model.backbone import Backbone, load_backbone, unwrap
+from lavic.model.compute import target_loss_sums
 from lavic.model.inputs import build_batch
 from lavic.model.item_tokens import encode_item_tokens, pixel_views
-from lavic.tune.module import target_loss_sums
-from lavic.tune.prompt import build_recommend_prompt
+from lavic.prompts import build_recommend_prompt
 from lavic.tune.train import add_language_lora
 
 log = logging.getLogger("bench_cache")

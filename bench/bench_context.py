@@ -20,8 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_model as bm  # noqa: E402
 
-from lavic.constants import (  # noqa: E402
-    ITEM_TOKENS,
+from lavic.constants import ITEM_TOKENS  # noqa: E402
+from lavic.prompts import (  # noqa: E402
     RECOMMEND_CANDIDATE,
     RECOMMEND_PROMPT_HEAD,
     RECOMMEND_SUFFIX,
@@ -117,7 +117,7 @@ def context_fit(cache_dir: Path) -> dict[str, Any]:
     fixed = count(RECOMMEND_PROMPT_HEAD.format(conversation=conversation) + RECOMMEND_SUFFIX)
     with_five = count(RECOMMEND_CANDIDATE.format(item_id=item_id, title=title) * 2) // 2
     text_only = with_five - bm.NUM_ITEM_TOKENS  # ID: title\n + \n (the 5 tokens taken out)
-    reserve = 16  # the answer (lavic.tune.prompt.ANSWER_RESERVE)
+    reserve = 16  # the answer (lavic.prompts.ANSWER_RESERVE)
     full = full_tokens_per_image()
     fits: dict[str, Any] = {}
     for context in CONTEXTS:

@@ -39,11 +39,11 @@ from reference_style import (  # noqa: E402
     reference_training_step,
 )
 
-from lavic.constants import DISTILL_PROMPT  # noqa: E402
 from lavic.data.records import DescribedImage  # noqa: E402
 from lavic.distill.module import DistillModule, StudentCollator  # noqa: E402
 from lavic.distill.train import wrap_with_vision_lora  # noqa: E402
 from lavic.model.backbone import Backbone  # noqa: E402
+from lavic.prompts import DISTILL_PROMPT  # noqa: E402
 
 # Stage 1 of the real model: the seed's prompt (~120 Mistral tokens with a title) and the
 # median description of item2meta_valid.jsonl (88 words, ~115 tokens).

@@ -36,7 +36,7 @@ from reference_style import ReferenceCollator, reference_embed, reference_test_s
 from lavic.evaluation.decoding import decode_batch, prepare_prompts  # noqa: E402
 from lavic.model.backbone import unwrap  # noqa: E402
 from lavic.model.item_tokens import encode_item_tokens  # noqa: E402
-from lavic.tune.prompt import build_recommend_prompt  # noqa: E402
+from lavic.prompts import build_recommend_prompt  # noqa: E402
 
 
 def inference_variants(w: Workload) -> dict[str, Callable[[], Any]]:

@@ -35,7 +35,7 @@ from transformers.models.llava_next.image_processing_pil_llava_next import (
 
 from lavic.constants import NUM_ITEM_TOKENS
 from lavic.model.backbone import Backbone, _train_tiny_tokenizer, add_item_tokens
-from lavic.tune.prompt import build_recommend_prompt
+from lavic.prompts import build_recommend_prompt
 
 # LLaVA-v1.6's anyres grids, in units of the base view's side.
 V16_GRID = [[1, 2], [2, 1], [2, 2], [3, 1], [1, 3]]

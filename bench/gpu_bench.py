@@ -41,7 +41,7 @@ from lavic.model.backbone import _train_tiny_tokenizer, add_item_tokens
 from lavic.model.inputs import build_batch
 from lavic.model.item_tokens import encode_item_tokens, pixel_views
 from lavic.model.lora import language_lora_targets
-from lavic.tune.prompt import build_recommend_prompt
+from lavic.prompts import build_recommend_prompt
 
 V16_PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
 

@@ -30,11 +30,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from gpu_bench import build  # noqa: E402
 
+from lavic.model.compute import target_loss_sums  # noqa: E402
 from lavic.model.inputs import build_batch  # noqa: E402
 from lavic.model.item_tokens import encode_item_tokens, insert_item_tokens, pixel_views  # noqa: E402
 from lavic.model.lora import language_lora_targets  # noqa: E402
-from lavic.tune.module import target_loss_sums  # noqa: E402
-from lavic.tune.prompt import build_recommend_prompt  # noqa: E402
+from lavic.prompts import build_recommend_prompt  # noqa: E402
 
 
 def main() -> None:

@@ -46,15 +46,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_model as bm  # noqa: E402
 
 from lavic.cache.store import build_item_token_cache  # noqa: E402
-from lavic.constants import (  # noqa: E402
-    RECOMMEND_CANDIDATE,
-    RECOMMEND_PROMPT_HEAD,
-    RECOMMEND_SUFFIX,
-)
 from lavic.data.images import item_image_name  # noqa: E402
 from lavic.model.backbone import Backbone  # noqa: E402
 from lavic.model.item_tokens import pixel_views  # noqa: E402
-from lavic.tune.prompt import build_recommend_prompt  # noqa: E402
+from lavic.prompts import (  # noqa: E402
+    RECOMMEND_CANDIDATE,
+    RECOMMEND_PROMPT_HEAD,
+    RECOMMEND_SUFFIX,
+    build_recommend_prompt,  # noqa: E402
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 

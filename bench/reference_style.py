@@ -30,8 +30,9 @@ from typing import Any
 
 import torch
 
-from lavic.constants import DISTILL_PROMPT, ITEM_TOKENS
+from lavic.constants import ITEM_TOKENS
 from lavic.model.backbone import unwrap
+from lavic.prompts import DISTILL_PROMPT
 
 
 def _core(model):

@@ -29,7 +29,7 @@ import gpu_bench  # noqa: E402
 
 from lavic.evaluation.decoding import prepare_prompts, rank, score_candidates  # noqa: E402
 from lavic.model.item_tokens import encode_item_tokens, pixel_views  # noqa: E402
-from lavic.tune.prompt import build_recommend_prompt  # noqa: E402
+from lavic.prompts import build_recommend_prompt  # noqa: E402
 
 
 def main() -> None:

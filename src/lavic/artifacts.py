@@ -10,6 +10,11 @@ An artefact directory holds everything needed to rebuild the trained model from 
 * ``lavic.json``: ``{"kind", "base_model", "parent", "created", "lavic_version"}``, read by
   :func:`lavic.model.backbone.load_backbone` to rebuild base + adapters.
 
+This module is the one place that knows that layout: the writer (:func:`write_artifact`), the
+reader of ``lavic.json`` (:func:`read_artifact_info`), the walk up an artefact's lineage
+(:func:`artifact_lineage`, used by the loader and by the item-token cache's fingerprint) and
+the folder names the stages write (:data:`TUNED_ADAPTER_DIR`).
+
 The directory is written under a temporary name beside its destination and renamed into
 place, so a reader never sees a half-written artefact. Replacing an existing artefact moves
 the old one aside first (two renames: for an instant the path may be absent, never partial).
@@ -28,15 +33,18 @@ from pathlib import Path
 from typing import Any
 
 from lavic.config import save_config
+from lavic.errors import LavicError
 from lavic.io import atomic_write_json
-from lavic.model.backbone import ARTIFACT_FILE
 
 log = logging.getLogger(__name__)
 
+ARTIFACT_FILE = "lavic.json"  # marks a LaViC artefact directory; records how to rebuild it
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.json"
+# Where `lavic tune` puts its artefact inside FINETUNE_OUTPUT_DIR (the seed's name).
+TUNED_ADAPTER_DIR = "trained_lora_adapter"
 
 
 def _relative_parent(parent: str | os.PathLike[str], out_dir: Path) -> str:
@@ -171,6 +179,58 @@ def write_artifact(
     return out
 
 
+def read_artifact_info(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The ``lavic.json`` of an artefact directory, or None if ``path`` is not one.
+
+    Raises:
+        LavicError: if the file is there but unreadable or lacks ``kind`` / ``base_model``.
+    """
+    info_path = Path(path) / ARTIFACT_FILE
+    if not info_path.is_file():
+        return None
+    try:
+        info = json.loads(info_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise LavicError(f"{info_path}: unreadable artefact description ({exc})") from None
+    if not isinstance(info, dict) or "base_model" not in info or "kind" not in info:
+        raise LavicError(f"{info_path}: must be an object with 'kind' and 'base_model'")
+    for key, optional in (("kind", False), ("base_model", False), ("parent", True)):
+        value = info.get(key)
+        if not (isinstance(value, str) and value) and not (optional and value is None):
+            raise LavicError(f"{info_path}: {key!r} must be a non-empty string, got {value!r}")
+    return info
+
+
+def artifact_lineage(artifact_dir: str | os.PathLike[str]) -> list[tuple[Path, dict[str, Any]]]:
+    """``[(directory, lavic.json)]`` from ``artifact_dir`` up to its root artefact.
+
+    The root's ``base_model`` is what the whole chain applies to; a relative ``parent`` is
+    resolved against the directory that names it.
+
+    Raises:
+        LavicError: if ``artifact_dir`` is not an artefact, a parent is missing, or the chain
+            loops.
+    """
+    first = Path(artifact_dir)
+    info = read_artifact_info(first)
+    if info is None:
+        raise LavicError(f"{first}: not a LaViC artefact (no {ARTIFACT_FILE})")
+    lineage = [(first, info)]
+    seen = {first.resolve()}
+    while info.get("parent"):
+        parent = Path(info["parent"])
+        if not parent.is_absolute():
+            parent = (lineage[-1][0] / parent).resolve()
+        if parent.resolve() in seen:  # a parent chain that loops would never end
+            raise LavicError(f"{lineage[-1][0]}: parent artefact {parent} makes a cycle")
+        seen.add(parent.resolve())
+        info = read_artifact_info(parent)
+        if info is None:
+            raise LavicError(f"{lineage[-1][0]}: parent artefact {parent} is missing")
+        lineage.append((parent, info))
+    return lineage
+
+
 def read_metrics(artifact_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
     """The ``metrics.json`` of an artefact directory, or None if it has none."""
     path = Path(artifact_dir) / METRICS_FILE
@@ -180,6 +240,10 @@ def read_metrics(artifact_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
 
 
 __all__ = [
+    "ARTIFACT_FILE",
+    "TUNED_ADAPTER_DIR",
+    "artifact_lineage",
+    "read_artifact_info",
     "ADAPTER_CONFIG",
     "ADAPTER_WEIGHTS",
     "CONFIG_FILE",

@@ -203,3 +203,136 @@ def config_to_dict(config: Any) -> dict[str, Any]:
 def save_config(config: Any, path: str | Path) -> None:
     """Write the resolved config as YAML (atomically), loadable again with ``--config``."""
     atomic_write_text(path, yaml.safe_dump(config_to_dict(config), sort_keys=False))
+
+
+# --------------------------------------------------------------------------------------------
+# Shared option groups, composed into the commands' Args by inheritance
+# --------------------------------------------------------------------------------------------
+
+
+def override(group: type, name: str, default: Any) -> Any:
+    """A field of ``group`` (help text and all) with another default, for a command whose
+    seed-given default differs (``num_epochs`` is 5 in stage 1, 1 in stage 2)."""
+    base = {f.name: f for f in dataclasses.fields(group)}[name]
+    return dataclasses.field(default=default, metadata=base.metadata)
+
+
+def _at_least(config: Any, minimum: int, *names: str) -> None:
+    for name in names:
+        value = getattr(config, name)
+        if value is not None and value < minimum:
+            raise ValueError(f"--{name} must be at least {minimum}, got {value}")
+
+
+class _Checked:
+    """End of the cooperative ``__post_init__`` chain of the option groups."""
+
+    def __post_init__(self) -> None:
+        pass
+
+
+@dataclasses.dataclass(kw_only=True)
+class TrainerArgs(_Checked):
+    """Options of the shared training core (:mod:`lavic.training`), used by distill and tune."""
+
+    lr: float = dataclasses.field(default=5e-5, metadata={"help": "AdamW learning rate"})
+    weight_decay: float = dataclasses.field(default=1e-5, metadata={"help": "AdamW weight decay"})
+    num_epochs: int = dataclasses.field(default=5, metadata={"help": "training epochs"})
+    batch_size: int = dataclasses.field(
+        default=4, metadata={"help": "samples per batch (per device)"}
+    )
+    seed: int = dataclasses.field(
+        default=42, metadata={"help": "random seed (LoRA init, shuffling)"}
+    )
+    num_workers: int = dataclasses.field(
+        default=2, metadata={"help": "DataLoader worker processes (the collator runs there)"}
+    )
+    precision: Literal[
+        "auto", "32-true", "bf16-mixed", "bf16-true", "16-mixed", "16-true", "64-true"
+    ] = dataclasses.field(
+        default="auto",
+        metadata={
+            "help": "Lightning precision; auto: bf16-mixed on a CUDA GPU with bf16 or on a CPU "
+            "with native bf16 (AVX512-BF16/AMX) that matches fp32 on a few batches, else 32-true"
+        },
+    )
+    accumulate_grad_batches: int = dataclasses.field(
+        default=1, metadata={"help": "batches whose gradients are summed per optimizer step"}
+    )
+    accelerator: str = dataclasses.field(
+        default="auto", metadata={"help": "Lightning accelerator: auto, cpu, gpu, cuda, mps"}
+    )
+    devices: str = dataclasses.field(
+        default="auto", metadata={"help": "Lightning devices: auto, a count (2) or ids (0,1)"}
+    )
+    strategy: str = dataclasses.field(
+        default="auto",
+        metadata={"help": "Lightning strategy: auto, ddp, fsdp, deepspeed_stage_2"},
+    )
+    resume: bool = dataclasses.field(
+        default=False,
+        metadata={"help": "continue from <output dir>/checkpoints/last.ckpt if it exists"},
+    )
+    checkpoint_every_n_steps: int | None = dataclasses.field(
+        default=None,
+        metadata={
+            "help": "also write checkpoints/last.ckpt every N optimizer steps (0 or none: "
+            "after each epoch only)"
+        },
+    )
+    max_steps: int | None = dataclasses.field(
+        default=None,
+        metadata={"help": "stop after this many optimizer steps (-1 or none: run num_epochs)"},
+    )
+    log_every_n_steps: int = dataclasses.field(
+        default=10, metadata={"help": "logging interval in optimizer steps"}
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _at_least(
+            self, 1, "num_epochs", "batch_size", "accumulate_grad_batches", "log_every_n_steps"
+        )
+        _at_least(self, 0, "num_workers", "checkpoint_every_n_steps")
+        if self.lr <= 0 or self.weight_decay < 0:
+            raise ValueError("--lr must be > 0 and --weight_decay >= 0")
+        if self.max_steps is not None and (self.max_steps == 0 or self.max_steps < -1):
+            raise ValueError(f"--max_steps must be -1 or positive, got {self.max_steps}")
+
+    @property
+    def step_limit(self) -> int:
+        """``max_steps`` as Lightning takes it (-1: no limit)."""
+        return -1 if self.max_steps is None else self.max_steps
+
+
+@dataclasses.dataclass(kw_only=True)
+class LoRAArgs(_Checked):
+    """The LoRA adapter's options (:func:`lavic.training.lora.add_lora`)."""
+
+    lora_r: int = dataclasses.field(default=8, metadata={"help": "LoRA rank"})
+    lora_alpha: int = dataclasses.field(
+        default=32, metadata={"help": "LoRA alpha (scale = alpha / r)"}
+    )
+    lora_dropout: float = dataclasses.field(default=0.1, metadata={"help": "LoRA dropout"})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _at_least(self, 1, "lora_r", "lora_alpha")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise ValueError(f"--lora_dropout must be in [0, 1), got {self.lora_dropout}")
+
+
+@dataclasses.dataclass(kw_only=True)
+class InferenceArgs(_Checked):
+    """Where and in what precision a model answers (evaluate, recommend, serve)."""
+
+    device: str = dataclasses.field(
+        default="auto", metadata={"help": "auto (cuda if available), cpu, cuda"}
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = dataclasses.field(
+        default="auto",
+        metadata={
+            "help": "weights dtype; auto: bfloat16 on CUDA; on a CPU with native bf16, float32 "
+            "weights under bf16 autocast if that matches float32 on a probe batch; else float32"
+        },
+    )

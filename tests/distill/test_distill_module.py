@@ -18,6 +18,8 @@ from lavic.distill import module as dm
 from lavic.distill.train import Args, wrap_with_vision_lora
 from lavic.model.backbone import build_tiny_random, load_backbone, unwrap
 from lavic.model.lora import vision_lora_targets
+from lavic.training import sampler as sm
+from lavic.training.module import clean_param_name
 from lora_artefacts import randomise_lora_b
 
 R, ALPHA = 4, 8
@@ -194,20 +196,20 @@ def test_dataset_counts_broken_images_and_gives_the_placeholder(tmp_path):
 def test_shard_sampler_eval_shards_are_disjoint_and_complete(monkeypatch):
     shards = []
     for rank in range(3):
-        monkeypatch.setattr(dm, "_dist_rank_world", lambda rank=rank: (rank, 3))
-        shards.append(list(dm.ShardSampler(10, shuffle=False, pad=False)))
+        monkeypatch.setattr(sm, "_dist_rank_world", lambda rank=rank: (rank, 3))
+        shards.append(list(sm.ShardSampler(10, shuffle=False, pad=False)))
     assert sorted(i for s in shards for i in s) == list(range(10))
 
 
 def test_shard_sampler_train_pads_to_equal_lengths_and_resumes(monkeypatch):
     lengths = []
     for rank in range(3):
-        monkeypatch.setattr(dm, "_dist_rank_world", lambda rank=rank: (rank, 3))
-        sampler = dm.ShardSampler(10, shuffle=True, pad=True, seed=5)
+        monkeypatch.setattr(sm, "_dist_rank_world", lambda rank=rank: (rank, 3))
+        sampler = sm.ShardSampler(10, shuffle=True, pad=True, seed=5)
         lengths.append(len(list(sampler)))
     assert lengths == [4, 4, 4]
-    monkeypatch.setattr(dm, "_dist_rank_world", lambda: (0, 1))
-    sampler = dm.ShardSampler(10, shuffle=True, pad=True, seed=5)
+    monkeypatch.setattr(sm, "_dist_rank_world", lambda: (0, 1))
+    sampler = sm.ShardSampler(10, shuffle=True, pad=True, seed=5)
     sampler.use_epoch(2)
     epoch2 = list(sampler)
     assert sorted(epoch2) == list(range(10))
@@ -309,7 +311,7 @@ def test_a_failed_write_leaves_the_previous_artifact(
 def test_parameter_names_are_cleaned_of_fsdp_wrappers(wrapped):
     name = "model.base_model.model._fsdp_wrapped_module.model.vision_tower.encoder.layers.0."
     name += "_fsdp_wrapped_module._checkpoint_wrapped_module.mlp.fc1.lora_A.default.weight"
-    assert dm.clean_param_name(name) == (
+    assert clean_param_name(name) == (
         "model.base_model.model.model.vision_tower.encoder.layers.0.mlp.fc1.lora_A.default.weight"
     )
     backbone, peft_model, _ = wrapped

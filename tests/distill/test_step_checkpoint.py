@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from lavic.distill.module import StepCheckpoint
+from lavic.training.trainer import StepCheckpoint
 
 
 class FakeTrainer:

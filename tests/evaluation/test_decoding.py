@@ -23,10 +23,10 @@ from lavic.evaluation.decoding import (
     score_candidates,
 )
 from lavic.model.backbone import build_tiny_random, unwrap
+from lavic.model.compute import embed_prompts
 from lavic.model.inputs import encode_prompt
 from lavic.model.item_tokens import encode_item_tokens, pixel_views
-from lavic.tune.module import embed_prompts
-from lavic.tune.prompt import build_recommend_prompt
+from lavic.prompts import build_recommend_prompt
 
 torch.set_num_threads(1)
 

@@ -12,7 +12,7 @@ from lavic.errors import LavicError
 from lavic.model.backbone import build_tiny_random
 from lavic.model.inputs import build_batch
 from lavic.model.item_tokens import encode_item_tokens, insert_item_tokens, pixel_views
-from lavic.tune.prompt import build_recommend_prompt
+from lavic.prompts import build_recommend_prompt
 
 
 @pytest.fixture(scope="module")

@@ -18,11 +18,11 @@ from lavic.pretrain.captions import (
     _look_vocabulary,
     caption_nll,
     look_words,
-    teacher_prompt,
     write_pretraining_catalogue,
 )
 from lavic.pretrain.measure import teacher_perplexity, text_selection_prompt
 from lavic.pretrain.vision import PretrainConfig, pretrain
+from lavic.prompts import teacher_prompt
 
 
 def _image(size, rgb=(200, 40, 40), stripes=False):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from lavic.cli import main
 from lavic.model.backbone import build_tiny_random
-from lavic.tune.prompt import ANSWER_RESERVE, CUT_MARKER, build_recommend_prompt
+from lavic.prompts import ANSWER_RESERVE, CUT_MARKER, build_recommend_prompt
 
 from .corpus import CONVERSATION_CASES, ODD_BUT_VALID_TEXT, conversation, line
 

@@ -15,8 +15,8 @@ from lavic.cache.store import ItemTokenCache, adapter_fingerprint
 from lavic.cli import main
 from lavic.data.loaders import item_title, load_item_meta, load_split
 from lavic.model.backbone import load_backbone
+from lavic.model.compute import target_loss_sums
 from lavic.tune.data import RecommendCollator, RecommendDataset, make_samples
-from lavic.tune.module import target_loss_sums
 
 from .fixtures import CATEGORY, ITEMS
 

@@ -41,6 +41,7 @@ from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 from tqdm.auto import tqdm
 
+from lavic.artifacts import ADAPTER_WEIGHTS, artifact_lineage, read_artifact_info
 from lavic.constants import NUM_ITEM_TOKENS
 from lavic.data.images import (
     UNSAFE,
@@ -52,7 +53,6 @@ from lavic.data.images import (
 )
 from lavic.errors import LavicError
 from lavic.io import atomic_open, atomic_write_json, safe_join
-from lavic.model.backbone import read_artifact_info
 
 try:  # POSIX advisory locks; without them (Windows) concurrent writers are not supported
     import fcntl
@@ -531,25 +531,6 @@ class ItemTokenCache:
 # -------------------------------------------------------------------------------- helpers
 
 
-def _artifact_lineage(model_dir: Path) -> list[tuple[Path, dict[str, Any]]]:
-    """``[(dir, lavic.json)]`` from ``model_dir`` up to its root artefact (as load_backbone)."""
-    info = read_artifact_info(model_dir)
-    lineage = [(model_dir, info)]
-    seen = {model_dir.resolve()}
-    while info.get("parent"):
-        parent = Path(info["parent"])
-        if not parent.is_absolute():
-            parent = (lineage[-1][0] / parent).resolve()
-        if parent.resolve() in seen:  # a parent chain that loops would never end
-            raise LavicError(f"{lineage[-1][0]}: parent artefact {parent} makes a cycle")
-        seen.add(parent.resolve())
-        info = read_artifact_info(parent)
-        if info is None:
-            raise LavicError(f"{lineage[-1][0]}: parent artefact {parent} is missing")
-        lineage.append((parent, info))
-    return lineage
-
-
 def adapter_fingerprint(model_dir: str | os.PathLike[str]) -> str:
     """What an item's visual tokens depend on, as a hex sha256.
 
@@ -563,14 +544,14 @@ def adapter_fingerprint(model_dir: str | os.PathLike[str]) -> str:
     if read_artifact_info(model_dir) is None:
         digest.update(f"base:{model_dir}\n".encode())
         return digest.hexdigest()
-    lineage = _artifact_lineage(Path(model_dir))
+    lineage = artifact_lineage(model_dir)
     digest.update(f"base:{lineage[-1][1]['base_model']}\n".encode())
     for directory, info in reversed(lineage):
         if info.get("kind") == "tune":
             continue
-        adapter = directory / "adapter_model.safetensors"
+        adapter = directory / ADAPTER_WEIGHTS
         if not adapter.is_file():
-            raise LavicError(f"{directory}: no adapter_model.safetensors")
+            raise LavicError(f"{directory}: no {ADAPTER_WEIGHTS}")
         digest.update(f"{info.get('kind')}:{file_sha256(adapter)}\n".encode())
     return digest.hexdigest()
 

@@ -184,10 +184,10 @@ def generate_descriptions(backbone, images, titles, *, max_new_tokens: int, devi
     """
     import torch
 
-    from lavic.distill.module import teacher_prompt
+    from lavic.prompts import IMAGE_TOKEN, teacher_prompt
 
     processor, tokenizer = backbone.processor, backbone.tokenizer
-    image_token = getattr(processor, "image_token", "<image>")
+    image_token = getattr(processor, "image_token", IMAGE_TOKEN)
     prompts = [teacher_prompt(t, image_token) for t in titles]
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"

@@ -24,22 +24,21 @@ from typing import Any
 
 import torch
 
-from lavic.config import config_to_dict
+from lavic.config import LoRAArgs, TrainerArgs, config_to_dict, override
 from lavic.constants import DEFAULT_MODEL_NAME
 from lavic.errors import LavicError
-from lavic.io import peek_checkpoint, remove_partial_writes
+from lavic.training.trainer import CHECKPOINT_DIR, LAST_CHECKPOINT
 
 log = logging.getLogger(__name__)
 
 BEST_DIR = "vision_lora_adapter_best"
 MERGED_DIR = "merged"
-CHECKPOINT_DIR = "checkpoints"
-LAST_CHECKPOINT = "last.ckpt"
-PRECISIONS = ("auto", "32-true", "bf16-mixed", "bf16-true", "16-mixed", "16-true", "64-true")
+# The vision side: the only place a stage-1 parameter may train.
+VISION_MODULES = (".vision_tower.", ".multi_modal_projector.")
 
 
-@dataclass
-class Args:
+@dataclass(kw_only=True)
+class Args(TrainerArgs, LoRAArgs):
     """Options of ``lavic distill`` (the seed's flags and defaults, plus LaViC's)."""
 
     train_data: Path = field(
@@ -58,33 +57,15 @@ class Args:
         default=Path("out_distilled"),
         metadata={"help": "run folder: checkpoints/, vision_lora_adapter_best/, metrics.json"},
     )
-    lr: float = field(default=5e-5, metadata={"help": "AdamW learning rate"})
-    weight_decay: float = field(default=1e-5, metadata={"help": "AdamW weight decay"})
-    num_epochs: int = field(default=5, metadata={"help": "training epochs"})
-    batch_size: int = field(default=4, metadata={"help": "images per batch (per device)"})
+    # The seed's stage-1 defaults where they differ from the shared group's.
+    max_steps: int | None = override(TrainerArgs, "max_steps", -1)
+    checkpoint_every_n_steps: int | None = override(TrainerArgs, "checkpoint_every_n_steps", 100)
     max_length: int = field(
         default=2048, metadata={"help": "token budget of prompt + description (longer targets cut)"}
-    )
-    seed: int = field(default=42, metadata={"help": "random seed (LoRA init, shuffling)"})
-    num_workers: int = field(
-        default=2, metadata={"help": "DataLoader worker processes (images are processed there)"}
     )
     validate_before_training: bool = field(
         default=False,
         metadata={"help": "run a validation before the first step (logged as val_ppl_before)"},
-    )
-    lora_r: int = field(default=8, metadata={"help": "LoRA rank"})
-    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha (scale = alpha / r)"})
-    lora_dropout: float = field(default=0.1, metadata={"help": "LoRA dropout"})
-    precision: str = field(
-        default="auto",
-        metadata={
-            "help": "Lightning precision; auto = bf16-mixed on a CUDA GPU with bf16, else 32-true "
-            f"(one of {', '.join(PRECISIONS)})"
-        },
-    )
-    accumulate_grad_batches: int = field(
-        default=1, metadata={"help": "batches whose gradients are summed per optimizer step"}
     )
     gradient_checkpointing: bool = field(
         default=False, metadata={"help": "recompute activations in backward (saves memory)"}
@@ -92,29 +73,7 @@ class Args:
     gradient_clip_val: float | None = field(
         default=None, metadata={"help": "clip the gradient norm to this value (off by default)"}
     )
-    accelerator: str = field(
-        default="auto", metadata={"help": "Lightning accelerator: auto, cpu, gpu, cuda, mps"}
-    )
-    devices: str = field(
-        default="auto", metadata={"help": "Lightning devices: auto, a count (2) or ids (0,1)"}
-    )
-    strategy: str = field(
-        default="auto", metadata={"help": "Lightning strategy: auto, ddp, fsdp, deepspeed_stage_2"}
-    )
     num_nodes: int = field(default=1, metadata={"help": "machines (Lightning num_nodes)"})
-    resume: bool = field(
-        default=False,
-        metadata={"help": "continue from OUTPUT_DIR/checkpoints/last.ckpt if it exists"},
-    )
-    checkpoint_every_n_steps: int = field(
-        default=100,
-        metadata={
-            "help": "also write checkpoints/last.ckpt every N optimizer steps (0: epochs only)"
-        },
-    )
-    max_steps: int = field(
-        default=-1, metadata={"help": "stop after this many optimizer steps (-1: num_epochs)"}
-    )
     limit_train_items: int | None = field(
         default=None, metadata={"help": "use only the first N training items (quick runs)"}
     )
@@ -138,101 +97,20 @@ class Args:
     merge: bool = field(
         default=False, metadata={"help": "also write the merged model to OUTPUT_DIR/merged/"}
     )
-    log_every_n_steps: int = field(default=10, metadata={"help": "logging interval in steps"})
 
     def __post_init__(self) -> None:
-        for name in (
-            "num_epochs",
-            "batch_size",
-            "max_length",
-            "lora_r",
-            "lora_alpha",
-            "accumulate_grad_batches",
-            "num_nodes",
-            "log_every_n_steps",
-        ):
+        super().__post_init__()
+        for name in ("max_length", "num_nodes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("num_workers", "checkpoint_every_n_steps"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"--{name} must be >= 0, got {getattr(self, name)}")
         for name in ("limit_train_items", "limit_val_items"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be at least 1")
-        if not 0.0 <= self.lora_dropout < 1.0:
-            raise ValueError(f"--lora_dropout must be in [0, 1), got {self.lora_dropout}")
-        if self.lr <= 0 or self.weight_decay < 0:
-            raise ValueError("--lr must be > 0 and --weight_decay >= 0")
-        if self.max_steps == 0 or self.max_steps < -1:
-            raise ValueError(f"--max_steps must be -1 or positive, got {self.max_steps}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(
-                f"--precision must be one of {list(PRECISIONS)}, got {self.precision!r}"
-            )
         for name in ("train_data", "val_data", "train_images_dir", "val_images_dir", "output_dir"):
             setattr(self, name, Path(getattr(self, name)))
 
 
 # ---------------------------------------------------------------------------------- helpers
-
-
-def resolve_precision(precision: str, accelerator: str = "auto") -> str:
-    """``auto`` -> ``bf16-mixed`` on a CUDA GPU that supports bf16, else ``32-true``."""
-    if precision != "auto":
-        return precision
-    on_gpu = accelerator in ("auto", "gpu", "cuda")
-    if on_gpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-        return "bf16-mixed"
-    return "32-true"
-
-
-def parse_devices(devices: str) -> Any:
-    """Lightning's ``devices``: ``auto``, a count (``2``, ``-1``) or a list of ids (``0,1``)."""
-    text = str(devices).strip()
-    if text == "auto":
-        return "auto"
-    try:
-        if "," in text:
-            return [int(x) for x in text.split(",") if x.strip()]
-        return int(text)
-    except ValueError:
-        raise LavicError(
-            f"--devices: expected auto, a count or ids like 0,1; got {devices!r}"
-        ) from None
-
-
-def build_strategy(name: str, model, *, activation_checkpointing: bool = False) -> Any:
-    """Lightning's strategy for ``--strategy``; ``fsdp`` gets LaViC's wrapping.
-
-    ``fsdp`` shards every transformer block of the vision tower and the language model (the
-    frozen 7B weights are what does not fit one GPU), with ``use_orig_params=True`` so frozen
-    and LoRA parameters may share a block, and full (single-file) checkpoints on rank 0.
-    Any other name (``auto``, ``ddp``, ``deepspeed_stage_3``, ...) is passed to Lightning as is.
-    """
-    if name != "fsdp":
-        return name
-    from lightning.pytorch.strategies import FSDPStrategy
-    from torch import nn
-
-    # The block class of each transformer stack: the items of its `layers` ModuleList.
-    blocks = {
-        type(m[0])
-        for name, m in unwrap_llava(model).named_modules()
-        if isinstance(m, nn.ModuleList) and name.endswith("layers") and len(m) > 0
-    }
-    return FSDPStrategy(
-        auto_wrap_policy=blocks,
-        activation_checkpointing_policy=blocks if activation_checkpointing else None,
-        use_orig_params=True,
-        state_dict_type="full",
-        sharding_strategy="FULL_SHARD",
-    )
-
-
-def unwrap_llava(model):
-    from lavic.model.backbone import unwrap
-
-    return unwrap(model)
 
 
 def _load_samples(path: Path, *, lenient: bool, limit: int | None, what: str):
@@ -255,80 +133,17 @@ def wrap_with_vision_lora(model, *, r: int, alpha: int, dropout: float, base_mod
     Returns:
         The ``PeftModel``. Raises if any parameter outside those LoRA layers would train.
     """
-    from peft import LoraConfig, get_peft_model
-
     from lavic.model.lora import vision_lora_targets
+    from lavic.training.lora import add_lora
 
-    targets = vision_lora_targets(model)
-    if not targets:
-        raise LavicError("the model has no linear layers in its vision tower / projector")
-    for p in model.parameters():
-        p.requires_grad_(False)
-    config = LoraConfig(
-        r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, bias="none"
-    )
-    peft_model = get_peft_model(model, config)
-    peft_model.peft_config["default"].base_model_name_or_path = base_model
-    wrong = [
-        n
-        for n, p in peft_model.named_parameters()
-        if p.requires_grad
-        and not ("lora_" in n and (".vision_tower." in n or ".multi_modal_projector." in n))
-    ]
-    if wrong:
-        raise LavicError(f"unexpected trainable parameters outside the vision LoRA: {wrong[:3]}")
-    return peft_model
-
-
-def _checkpoint_callbacks(ckpt_dir: Path, every_n_steps: int) -> list:
-    from lightning.pytorch.callbacks import ModelCheckpoint
-
-    from lavic.distill.module import SaveAtMaxSteps, StepCheckpoint
-
-    # All write last.ckpt, atomically (atomic_checkpoint_io): each epoch after its validation,
-    # every N steps (an epoch's last step also after validation), and the max_steps stop.
-    common = {
-        "dirpath": str(ckpt_dir),
-        "filename": Path(LAST_CHECKPOINT).stem,
-        "monitor": None,
-        "save_top_k": 1,
-        "enable_version_counter": False,
-        "save_last": False,
-    }
-    callbacks = [ModelCheckpoint(every_n_epochs=1, save_on_train_epoch_end=True, **common)]
-    if every_n_steps > 0:
-        callbacks.append(StepCheckpoint(ckpt_dir / LAST_CHECKPOINT, every_n_steps))
-    callbacks.append(SaveAtMaxSteps(ckpt_dir / LAST_CHECKPOINT))
-    return callbacks
-
-
-def _make_trainer(L, args: Args, peft_model, precision: str, ckpt_path: Path):
-    from lightning.pytorch.loggers import CSVLogger
-
-    from lavic.io import atomic_checkpoint_io
-
-    # DeepSpeed writes its own checkpoint folders; every other strategy goes through this IO.
-    plugins = None if "deepspeed" in str(args.strategy) else [atomic_checkpoint_io()]
-    return L.Trainer(
-        accelerator=args.accelerator,
-        devices=parse_devices(args.devices),
-        strategy=build_strategy(
-            args.strategy, peft_model, activation_checkpointing=args.gradient_checkpointing
-        ),
-        num_nodes=args.num_nodes,
-        precision=precision,
-        max_epochs=args.num_epochs,
-        max_steps=args.max_steps,
-        accumulate_grad_batches=args.accumulate_grad_batches,
-        gradient_clip_val=args.gradient_clip_val,
-        callbacks=_checkpoint_callbacks(ckpt_path.parent, args.checkpoint_every_n_steps),
-        logger=CSVLogger(str(args.output_dir), name="logs"),
-        default_root_dir=str(args.output_dir),
-        num_sanity_val_steps=0,
-        use_distributed_sampler=False,  # ShardSampler shards by rank itself
-        log_every_n_steps=args.log_every_n_steps,
-        enable_model_summary=False,
-        plugins=plugins,  # a kill never leaves half a last.ckpt
+    return add_lora(
+        model,
+        vision_lora_targets(model),
+        r=r,
+        alpha=alpha,
+        dropout=dropout,
+        trainable_under=VISION_MODULES,
+        base_model=base_model,
     )
 
 
@@ -338,20 +153,22 @@ def _make_trainer(L, args: Args, peft_model, precision: str, ckpt_path: Path):
 def run(args: Args) -> int:
     """Train the vision LoRA; write the best artefact, metrics and (optionally) the merged model."""
     import lightning as L
-    from lightning.fabric.utilities.exceptions import MisconfigurationException
 
-    from lavic.artifacts import read_metrics, write_artifact
+    from lavic.artifacts import read_artifact_info, read_metrics, write_artifact
     from lavic.distill.module import (
         DescribedImageDataset,
         DistillModule,
         MismatchedImages,
         StudentCollator,
         TeacherCollator,
-        make_loader,
     )
     from lavic.io import atomic_write_json
-    from lavic.model.backbone import load_backbone, read_artifact_info, unwrap
+    from lavic.model.backbone import load_backbone, unwrap
     from lavic.model.lora import count_parameters
+    from lavic.training.precision import check_on_loader, resolve_precision
+    from lavic.training.resume import checkpoint_to_resume
+    from lavic.training.sampler import make_loader
+    from lavic.training.trainer import build_trainer
 
     for path in (args.train_data, args.val_data):
         if not path.is_file():
@@ -361,12 +178,9 @@ def run(args: Args) -> int:
             raise LavicError(f"{path}: no such image folder")
 
     L.seed_everything(args.seed, workers=True, verbose=False)
-    precision = resolve_precision(args.precision, args.accelerator)
     output_dir = args.output_dir
     best_dir = output_dir / BEST_DIR
     ckpt_path = output_dir / CHECKPOINT_DIR / LAST_CHECKPOINT
-    if remove_partial_writes(ckpt_path):
-        log.warning("removed a partly written checkpoint beside %s (a killed run)", ckpt_path)
 
     train_meta, train_samples, train_report = _load_samples(
         args.train_data, lenient=args.lenient, limit=args.limit_train_items, what="training"
@@ -422,19 +236,20 @@ def run(args: Args) -> int:
     module.on_new_best = write_best
     module.train_sampler = train_loader.sampler
 
-    try:
-        trainer = _make_trainer(L, args, peft_model, precision, ckpt_path)
-    except (ValueError, MisconfigurationException) as exc:  # impossible device/strategy combos
-        raise LavicError(f"cannot set up training: {exc}".splitlines()[0]) from None
-
-    resume_from = None
-    if args.resume:
-        if ckpt_path.is_file():
-            epoch, step = peek_checkpoint(ckpt_path)
-            log.info("resuming from %s epoch %d step %d", ckpt_path, epoch, step)
-            resume_from = str(ckpt_path)
-        else:
-            log.warning("--resume: no checkpoint at %s; starting from scratch", ckpt_path)
+    # For `auto` on a CPU with native bf16: float32 vs bf16 autocast on the first validation
+    # batches; LoRA's B is still 0, so this is the model the run starts from.
+    check = check_on_loader(module.student_logits, val_loader)
+    precision = resolve_precision(args.precision, args.accelerator, check=check)
+    trainer = build_trainer(
+        args,
+        model=peft_model,
+        precision=precision,
+        output_dir=output_dir,
+        num_nodes=args.num_nodes,
+        gradient_clip_val=args.gradient_clip_val,
+        activation_checkpointing=args.gradient_checkpointing,
+    )
+    resume_from = checkpoint_to_resume(ckpt_path, resume=args.resume)
 
     if args.validate_before_training and resume_from is None:
         module.eval_mode, module.eval_label = "student", "before"

@@ -29,8 +29,8 @@ from typing import Literal
 import torch
 
 from lavic.model.backbone import unwrap
+from lavic.model.compute import embed_prompts
 from lavic.model.inputs import build_batch, encode_target
-from lavic.tune.module import embed_prompts
 
 logger = logging.getLogger(__name__)
 

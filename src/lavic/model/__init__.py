@@ -1,1 +1,2 @@
-"""Backbone loading, item visual tokens, their insertion into the prompt, LoRA targeting."""
+"""Backbone loading, item visual tokens and their insertion, LoRA targeting, the shared
+forward/loss (compute) and loading a model for inference."""

@@ -7,7 +7,7 @@ LLaVA-v1.6 checkpoints are LLaVA-NeXT: they load with ``LlavaNextForConditionalG
 
 from __future__ import annotations
 
-import json
+import contextlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,12 +28,11 @@ from transformers.models.llava_next.image_processing_pil_llava_next import (
     LlavaNextImageProcessorPil,
 )
 
+from lavic.artifacts import ADAPTER_WEIGHTS, artifact_lineage, read_artifact_info
 from lavic.constants import ITEM_TOKENS, NUM_ITEM_TOKENS
 from lavic.errors import LavicError
 
 log = logging.getLogger(__name__)
-
-ARTIFACT_FILE = "lavic.json"  # marks a LaViC artefact directory; records how to rebuild it
 
 
 @dataclass
@@ -45,6 +44,15 @@ class Backbone:
     processor: LlavaNextProcessor  # .image_processor makes the views; the processor itself
     # expands <image> for the ordinary full-image-token path (teacher, describe)
     name: str  # what the user passed: recorded in artefacts as the base model
+    # Set by lavic.model.inference.load_model when `--dtype auto` chose bf16 autocast on a CPU
+    # (float32 weights); the answering forwards run under `autocast()`.
+    autocast_dtype: torch.dtype | None = None
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """The context the answering forwards run in: CPU bf16 autocast, or nothing."""
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast("cpu", dtype=self.autocast_dtype)
 
     @property
     def image_processor(self):
@@ -193,24 +201,6 @@ def build_tiny_random(seed: int = 0) -> Backbone:
 # --------------------------------------------------------------------------------------------
 
 
-def read_artifact_info(path: str | Path) -> dict[str, Any] | None:
-    """The ``lavic.json`` of an artefact directory, or None if ``path`` is not one."""
-    info_path = Path(path) / ARTIFACT_FILE
-    if not info_path.is_file():
-        return None
-    try:
-        info = json.loads(info_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise LavicError(f"{info_path}: unreadable artefact description ({exc})") from None
-    if not isinstance(info, dict) or "base_model" not in info or "kind" not in info:
-        raise LavicError(f"{info_path}: must be an object with 'kind' and 'base_model'")
-    for key, optional in (("kind", False), ("base_model", False), ("parent", True)):
-        value = info.get(key)
-        if not (isinstance(value, str) and value) and not (optional and value is None):
-            raise LavicError(f"{info_path}: {key!r} must be a non-empty string, got {value!r}")
-    return info
-
-
 def _load_hf(name: str, dtype: torch.dtype | None) -> Backbone:
     kwargs: dict[str, Any] = {}
     if dtype is not None:
@@ -262,26 +252,13 @@ def load_backbone(
     """
     from peft import PeftModel
 
-    info = read_artifact_info(name_or_dir)
-    if info is None:
+    if read_artifact_info(name_or_dir) is None:
         return _load_base(str(name_or_dir), dtype)
-    lineage = [Path(name_or_dir)]
-    seen = {Path(name_or_dir).resolve()}
-    while info.get("parent"):
-        parent = Path(info["parent"])
-        if not parent.is_absolute():
-            parent = (lineage[-1] / parent).resolve()
-        if parent.resolve() in seen:  # a parent chain that loops would never end
-            raise LavicError(f"{lineage[-1]}: parent artefact {parent} makes a cycle")
-        seen.add(parent.resolve())
-        info = read_artifact_info(parent)
-        if info is None:
-            raise LavicError(f"{lineage[-1]}: parent artefact {parent} is missing")
-        lineage.append(parent)
-    backbone = _load_base(info["base_model"], dtype)
-    for i, adapter_dir in enumerate(reversed(lineage)):
+    lineage = artifact_lineage(name_or_dir)  # this artefact first, its root last
+    backbone = _load_base(lineage[-1][1]["base_model"], dtype)
+    for i, (adapter_dir, _) in enumerate(reversed(lineage)):
         last = i == len(lineage) - 1
-        if not (adapter_dir / "adapter_model.safetensors").is_file():
+        if not (adapter_dir / ADAPTER_WEIGHTS).is_file():
             raise LavicError(
                 f"{adapter_dir}: no adapter_model.safetensors (only safetensors "
                 "adapters are loaded)"
@@ -303,7 +280,7 @@ def load_backbone(
 def _check_adapter_weights(peft_model, adapter_dir: Path) -> None:
     """Every LoRA weight the adapter's config creates must come from its file: PEFT only warns
     about missing ones and leaves them at their init (B = 0: a silent no-op adapter)."""
-    with safe_open(str(adapter_dir / "adapter_model.safetensors"), "pt") as weights:
+    with safe_open(str(adapter_dir / ADAPTER_WEIGHTS), "pt") as weights:
         saved = set(weights.keys())
     wanted = {
         name.replace(".default.", ".")
@@ -336,13 +313,11 @@ def load_tokenizer_from(directory: str | Path):
 
 
 __all__ = [
-    "ARTIFACT_FILE",
     "Backbone",
     "NUM_ITEM_TOKENS",
     "add_item_tokens",
     "build_tiny_random",
     "load_backbone",
     "load_tokenizer_from",
-    "read_artifact_info",
     "unwrap",
 ]

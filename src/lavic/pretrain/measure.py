@@ -14,13 +14,7 @@ from typing import Any, Literal
 import torch
 from PIL import Image
 
-from lavic.constants import (
-    IGNORE_INDEX,
-    ITEM_TOKENS,
-    RECOMMEND_CANDIDATE_TEXT_ONLY,
-    RECOMMEND_PROMPT_HEAD,
-    RECOMMEND_SUFFIX,
-)
+from lavic.constants import IGNORE_INDEX, ITEM_TOKENS
 from lavic.errors import LavicError
 from lavic.model.backbone import Backbone
 from lavic.pretrain.captions import (
@@ -31,6 +25,11 @@ from lavic.pretrain.captions import (
     _look_vocabulary,
     caption_nll,
     look_words,
+)
+from lavic.prompts import (
+    RECOMMEND_CANDIDATE_TEXT_ONLY,
+    RECOMMEND_PROMPT_HEAD,
+    RECOMMEND_SUFFIX,
     teacher_prompt,
 )
 

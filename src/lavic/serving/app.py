@@ -25,7 +25,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from lavic.config import InferenceArgs
 from lavic.errors import LavicError
 from lavic.serving.recommender import (
     DEFAULT_TOP_K,
@@ -54,8 +55,10 @@ MAX_ID_CHARS = 64
 STATIC_DIR = Path(str(resources.files("lavic.serving") / "static"))
 
 
-@dataclass
-class Args:
+@dataclass(kw_only=True)
+class Args(InferenceArgs):
+    """Options of ``lavic serve``."""
+
     model_dir: Path = field(metadata={"help": "tuned LaViC artefact (lavic tune's output)"})
     index_dir: Path = field(metadata={"help": "index directory built by `lavic index`"})
     host: str = field(default="127.0.0.1", metadata={"help": "address to listen on"})
@@ -70,12 +73,9 @@ class Args:
         default=None,
         metadata={"help": "token budget of prompt + answer (default 2048, as lavic evaluate)"},
     )
-    device: str = field(default="auto", metadata={"help": "auto (cuda if available), cpu, cuda"})
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = field(
-        default="auto", metadata={"help": "weights dtype; auto: bfloat16 on CUDA, else float32"}
-    )
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not 0 < self.port < 65536:
             raise ValueError("--port must be in 1..65535")
         if self.max_batch < 1 or self.batch_size < 1:

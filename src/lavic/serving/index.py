@@ -190,7 +190,7 @@ def build_index(args: Args, *, embedder=None, backbone=None) -> dict[str, Any]:
     from lavic.data.images import ImageStats
     from lavic.data.loaders import load_item_meta
     from lavic.data.records import LoadReport
-    from lavic.evaluation.evaluate import load_model, resolve_model_dir
+    from lavic.model.inference import load_model, resolve_model_dir
 
     if not Path(args.image_dir).is_dir():
         raise LavicError(f"{args.image_dir}: image folder not found")

@@ -11,16 +11,18 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
+from lavic.config import InferenceArgs
 from lavic.errors import LavicError
 from lavic.serving.recommender import DEFAULT_TOP_K, MAX_CANDIDATES, Recommender
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class Args:
+@dataclass(kw_only=True)
+class Args(InferenceArgs):
+    """Options of ``lavic recommend``."""
+
     model_dir: Path = field(metadata={"help": "tuned LaViC artefact (lavic tune's output)"})
     index_dir: Path = field(metadata={"help": "index directory built by `lavic index`"})
     conversation: str | None = field(
@@ -44,12 +46,9 @@ class Args:
         default=None,
         metadata={"help": "token budget of prompt + answer (default 2048, as lavic evaluate)"},
     )
-    device: str = field(default="auto", metadata={"help": "auto (cuda if available), cpu, cuda"})
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = field(
-        default="auto", metadata={"help": "weights dtype; auto: bfloat16 on CUDA, else float32"}
-    )
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if (self.conversation is None) == (self.conversation_file is None):
             raise ValueError("give exactly one of --conversation and --conversation_file")
         if not 1 <= self.top_k <= MAX_CANDIDATES:

@@ -195,7 +195,8 @@ class Recommender:
 
         ``model_dir`` is a tune artefact or the FINETUNE_OUTPUT_DIR holding it, as for
         ``lavic evaluate``; the model is loaded as the evaluator loads it (``device`` /
-        ``dtype`` ``auto``: CUDA in bfloat16 if present, else CPU in float32). ``max_length``
+        ``dtype`` ``auto``: CUDA in bfloat16 if present, else CPU in float32, under bf16 autocast
+        on a CPU with native bf16 that passes the check; see :mod:`lavic.model.inference`). ``max_length``
         defaults to the seed's 2,048 tokens (the evaluator's default); the prompt shows the
         visual tokens unless the model was tuned text-only (``no_images`` in its config).
         Items whose visual tokens are not cached for this model's vision adapter (another
@@ -206,7 +207,7 @@ class Recommender:
         """
         from lavic.cache import adapter_fingerprint, build_item_token_cache
         from lavic.data.images import ImageStats
-        from lavic.evaluation.evaluate import load_model, resolve_model_dir
+        from lavic.model.inference import load_model, resolve_model_dir
 
         catalogue = read_catalogue(index_dir)
         retrieval = RetrievalIndex.load(index_dir, embedder=embedder)
@@ -321,7 +322,7 @@ class Recommender:
                 self.stats.model_seconds += time.perf_counter() - start
 
     def _recommend_batch(self, queries: Sequence[Query]) -> list[Recommendation | LavicError]:
-        from lavic.tune.prompt import build_recommend_prompt
+        from lavic.prompts import build_recommend_prompt
 
         results: list[Recommendation | LavicError | None] = [None] * len(queries)
         retrieved: dict[int, list[tuple[str, float]]] = {}
@@ -361,10 +362,13 @@ class Recommender:
         embeds = [
             self.cache.get(list(p.candidate_ids)) if self.with_images else None for p in prompts
         ]
-        batch = prepare_prompts(
-            model, tokenizer, [p.text for p in prompts], embeds, max_length=self.max_length
-        )
-        return score_candidates(model, tokenizer, batch, [list(p.candidate_ids) for p in prompts])
+        with self.backbone.autocast():  # CPU bf16 when `--dtype auto` chose it, as evaluate
+            batch = prepare_prompts(
+                model, tokenizer, [p.text for p in prompts], embeds, max_length=self.max_length
+            )
+            return score_candidates(
+                model, tokenizer, batch, [list(p.candidate_ids) for p in prompts]
+            )
 
     def _result(
         self, prompt, scores: dict[str, float], retrieved: list[tuple[str, float]] | None

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from lavic.cache.store import ItemTokenCache
 from lavic.data.records import Conversation
 from lavic.model.inputs import build_batch
-from lavic.tune.prompt import build_recommend_prompt
+from lavic.prompts import build_recommend_prompt
 
 log = logging.getLogger(__name__)
 

@@ -1,8 +1,9 @@
 """Stage 2 as a LightningModule: LoRA on the language model, the candidate ID as the target.
 
-Training, validation and the shared embedding function used by evaluation and serving. Item
-tokens arrive in the batch (read from :class:`~lavic.cache.store.ItemTokenCache` by the
-collator); the vision tower is never called here.
+The forward and the loss are :func:`lavic.model.compute.target_loss_sums` (shared with
+evaluation's scoring). Item tokens arrive in the batch (read from
+:class:`~lavic.cache.store.ItemTokenCache` by the collator); the vision tower is never called
+here.
 """
 
 from __future__ import annotations
@@ -11,66 +12,12 @@ import logging
 import time
 from typing import Any
 
-import lightning as L
 import torch
-import torch.nn.functional as F
 
-from lavic.constants import IGNORE_INDEX, ITEM_TOKENS, NUM_ITEM_TOKENS
-from lavic.model.backbone import unwrap
-from lavic.model.item_tokens import insert_item_tokens
+from lavic.model.compute import target_loss_sums
+from lavic.training.module import LoRAModule
 
 log = logging.getLogger(__name__)
-
-
-def embed_prompts(
-    llava, tokenizer, token_batch_input_ids: torch.Tensor, item_tokens: torch.Tensor | None
-) -> torch.Tensor:
-    """Text embeddings of a token batch with the item tokens put in their placeholders.
-
-    Args:
-        llava: A ``LlavaNextForConditionalGeneration`` (or a PeftModel around one).
-        tokenizer: Its tokenizer (holding the five item tokens).
-        token_batch_input_ids: ``(B, T)`` token ids.
-        item_tokens: ``(M, 5, D)`` visual tokens of the M items the batch shows, in reading
-            order (row 0's candidates in prompt order, then row 1's, ...), or None for a
-            text-only batch.
-
-    Returns:
-        ``(B, T, D)`` input embeddings in the embedding table's dtype.
-
-    Raises:
-        LavicError: if the placeholders are not exactly M complete runs (or any are present
-            while ``item_tokens`` is None).
-    """
-    input_ids = token_batch_input_ids
-    embeds = unwrap(llava).get_input_embeddings()(input_ids)  # (B, T, D)
-    if item_tokens is None:
-        # Zero items: insert_item_tokens still checks that no placeholder is left unfilled.
-        item_tokens = embeds.new_zeros((0, NUM_ITEM_TOKENS, embeds.shape[-1]))
-    ids = tokenizer.convert_tokens_to_ids(list(ITEM_TOKENS))
-    return insert_item_tokens(embeds, input_ids, ids, item_tokens.to(embeds.device))
-
-
-def target_loss_sums(llava, tokenizer, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed cross-entropy over the target tokens of a batch, and their count.
-
-    The language model runs on the embedded prompts; the LM head is applied only at the
-    positions that predict a label (a few per row), not to all ``T`` positions: the full
-    ``(B, T, V)`` logits are never materialised.
-
-    Returns:
-        ``(loss_sum, num_target_tokens)``, both 0-dim tensors (float32, int64).
-    """
-    core = unwrap(llava)
-    embeds = embed_prompts(llava, tokenizer, batch["input_ids"], batch["item_tokens"])
-    hidden = core.model.language_model(
-        inputs_embeds=embeds, attention_mask=batch["attention_mask"], use_cache=False
-    ).last_hidden_state  # (B, T, D)
-    labels = batch["labels"][:, 1:]  # (B, T-1): position t predicts token t+1
-    keep = labels != IGNORE_INDEX
-    logits = core.lm_head(hidden[:, :-1][keep]).float()  # (N, V), N target tokens
-    loss_sum = F.cross_entropy(logits, labels[keep], reduction="sum")
-    return loss_sum, keep.sum()
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -80,7 +27,7 @@ def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     }
 
 
-class RecommendTuner(L.LightningModule):
+class RecommendTuner(LoRAModule):
     """LoRA prompt tuning of the language model to answer the right candidate's ID.
 
     Records (in ``history``) the train loss per logged step and per epoch, the token-weighted
@@ -98,15 +45,9 @@ class RecommendTuner(L.LightningModule):
     def __init__(
         self, model, tokenizer, *, lr: float, weight_decay: float, log_every_n_steps: int = 10
     ):
-        super().__init__()
-        self.model = model
+        super().__init__(model, lr=lr, weight_decay=weight_decay)
         self.tokenizer = tokenizer
-        self.lr = lr
-        self.weight_decay = weight_decay
         self.log_every_n_steps = max(1, log_every_n_steps)
-        # Checkpoints hold only the trainable (LoRA) weights; the frozen backbone is rebuilt
-        # from the artefact on resume, so loading is not strict.
-        self.strict_loading = False
         self.history: dict[str, Any] = {
             "train_steps": [],
             "train_epochs": [],
@@ -115,7 +56,7 @@ class RecommendTuner(L.LightningModule):
             "train_samples": 0,
         }
         self.best_state: dict[str, torch.Tensor] | None = None
-        self.best: dict[str, Any] | None = None  # {"epoch", "step", "val_loss"}
+        # self.best: {"epoch", "step", "val_loss", "val_tokens"} of the best validation
         self._reset_window()
         self._epoch_sum = 0.0
         self._epoch_tokens = 0
@@ -124,10 +65,6 @@ class RecommendTuner(L.LightningModule):
         self._t_last: float | None = None
         self._pending_samples: int | None = None  # the batch trained but not yet accounted
         self.last_validated_step = -1
-        # For exact resumes (set by the caller): the training loader's ShardSampler, told the
-        # epoch and, from a mid-epoch checkpoint, how many of its samples this epoch has seen.
-        self.train_sampler = None
-        self._epoch_samples = 0
 
     # ------------------------------------------------------------------------------ steps
 
@@ -147,17 +84,13 @@ class RecommendTuner(L.LightningModule):
         self._epoch_sum += float(loss_sum.detach())
         self._epoch_tokens += int(tokens)
         self._pending_samples = int(batch["num_samples"])
-        self._epoch_samples += int(batch["num_samples"])
+        self.count_samples(batch["num_samples"])
         return loss
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         loss_sum, tokens = self.shared_step(batch)
         self._val_sum += loss_sum.detach().double()
         self._val_tokens += tokens
-
-    def configure_optimizers(self):
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        return torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
 
     # ------------------------------------------------------------------------------ hooks
 
@@ -167,10 +100,7 @@ class RecommendTuner(L.LightningModule):
         self.model.train()
         self._epoch_sum, self._epoch_tokens = 0.0, 0
         self._t_last = None
-        # (Not called when Lightning resumes in the middle of an epoch.)
-        self._epoch_samples = 0
-        if self.train_sampler is not None:
-            self.train_sampler.use_epoch(int(self.current_epoch))
+        self.start_epoch()  # (not called when Lightning resumes in the middle of an epoch)
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         if self._t_last is None:
@@ -240,8 +170,7 @@ class RecommendTuner(L.LightningModule):
         }
         self.history["val_epochs"].append(record)
         self.last_validated_step = self.trainer.global_step
-        if self.best is None or val_loss < self.best["val_loss"]:
-            self.best = record
+        if self.is_new_best(record):
             self.best_state = trainable_state(self.model)
             log.info(
                 "epoch %d step %d: val_loss %.4f (best so far)",
@@ -270,37 +199,25 @@ class RecommendTuner(L.LightningModule):
 
     # ------------------------------------------------------------------------- checkpoints
 
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+    def checkpoint_state(self) -> dict[str, Any]:
+        # Lightning runs the checkpoint callback's batch-end hook before this module's: a
+        # checkpoint must hold the history up to its own step.
         self._close_batch()
-        trainable = {f"model.{n}" for n, p in self.model.named_parameters() if p.requires_grad}
-        checkpoint["state_dict"] = {
-            k: v for k, v in checkpoint["state_dict"].items() if k in trainable
-        }
-        checkpoint["lavic"] = {
+        return {
             "history": self.history,
-            "best": self.best,
             "best_state": self.best_state,
             "last_validated_step": self.last_validated_step,
-            "epoch": int(self.current_epoch),
-            "epoch_samples": self._epoch_samples,
             "epoch_sum": self._epoch_sum,
             "epoch_tokens": self._epoch_tokens,
             "window_sum": self._window_sum,
             "window_tokens": self._window_tokens,
         }
 
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        state = checkpoint.get("lavic") or {}
+    def load_checkpoint_state(self, state: dict[str, Any]) -> None:
         self.history = state.get("history", self.history)
-        self.best = state.get("best")
         self.best_state = state.get("best_state")
         self.last_validated_step = state.get("last_validated_step", -1)
-        self._epoch_samples = int(state.get("epoch_samples", 0))
         self._epoch_sum = float(state.get("epoch_sum", 0.0))
         self._epoch_tokens = int(state.get("epoch_tokens", 0))
         self._window_sum = float(state.get("window_sum", 0.0))
         self._window_tokens = int(state.get("window_tokens", 0))
-        if self.train_sampler is not None:
-            self.train_sampler.resume_from_checkpoint(
-                int(state.get("epoch", 0)), self._epoch_samples
-            )

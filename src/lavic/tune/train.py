@@ -9,11 +9,12 @@ once per image before training; the vision tower never runs in a training step.
 Writes ``FINETUNE_OUTPUT_DIR/trained_lora_adapter/`` (the best validation epoch's adapter, a
 self-describing artefact whose parent is the stage-1 artefact), ``FINETUNE_OUTPUT_DIR/
 metrics.json`` and then, unless ``--skip_eval``, evaluates on the test split
-(:func:`lavic.evaluation.evaluate.evaluate_split`).
+(:class:`lavic.evaluation.evaluate.Evaluator`, configured from this run's options).
 """
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 from dataclasses import dataclass, field
@@ -22,22 +23,23 @@ from typing import Any, Literal
 
 import torch
 
-from lavic.distill.train import resolve_precision
+from lavic.artifacts import TUNED_ADAPTER_DIR
+from lavic.config import LoRAArgs, TrainerArgs, override
 from lavic.errors import LavicError
-from lavic.io import peek_checkpoint, remove_partial_writes
+from lavic.training.trainer import CHECKPOINT_DIR, LAST_CHECKPOINT
 
 log = logging.getLogger(__name__)
 
-ADAPTER_DIR = "trained_lora_adapter"
+ADAPTER_DIR = TUNED_ADAPTER_DIR
 METRICS_FILE = "metrics.json"
-CHECKPOINT_DIR = "checkpoints"
-CHECKPOINT_NAME = "last"
-
-Precision = Literal["auto", "32-true", "bf16-true", "bf16-mixed", "16-mixed", "16-true"]
+# The language model: the only place a stage-2 parameter may train.
+LANGUAGE_MODULES = (".language_model.",)
 
 
-@dataclass
-class Args:
+@dataclass(kw_only=True)
+class Args(TrainerArgs, LoRAArgs):
+    """Options of ``lavic tune`` (the seed's ``prompt_tuning.py`` flags and defaults, plus LaViC's)."""
+
     model_dir: Path = field(
         metadata={
             "help": "stage-1 artefact (e.g. out_distilled/vision_lora_adapter_best); its adapter is "
@@ -76,30 +78,11 @@ class Args:
             "candidate), counted in metrics.json"
         },
     )
-    batch_size: int = field(default=1, metadata={"help": "samples per step"})
-    lr: float = field(default=5e-5, metadata={"help": "AdamW learning rate"})
-    weight_decay: float = field(default=1e-5, metadata={"help": "AdamW weight decay"})
-    num_epochs: int = field(default=1, metadata={"help": "training epochs"})
-    seed: int = field(
-        default=42, metadata={"help": "seed of LoRA init, shuffling and the ground-truth placement"}
-    )
-    lora_r: int = field(default=8, metadata={"help": "LoRA rank"})
-    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha"})
-    lora_dropout: float = field(default=0.1, metadata={"help": "LoRA dropout"})
-    precision: Precision = field(
-        default="auto",
-        metadata={
-            "help": "Lightning precision; auto: bf16-mixed on a CUDA GPU with bf16 (frozen weights "
-            "in bf16, LoRA in fp32), else 32-true"
-        },
-    )
-    accelerator: str = field(
-        default="auto", metadata={"help": "Lightning accelerator: auto, cpu, gpu"}
-    )
-    devices: str = field(
-        default="1", metadata={"help": "Lightning devices: a count, a list like 0,1, or auto"}
-    )
-    strategy: str = field(default="auto", metadata={"help": "Lightning strategy, e.g. ddp"})
+    # The seed's stage-2 defaults where they differ from the shared group's.
+    batch_size: int = override(TrainerArgs, "batch_size", 1)
+    num_epochs: int = override(TrainerArgs, "num_epochs", 1)
+    devices: str = override(TrainerArgs, "devices", "1")
+    num_workers: int = override(TrainerArgs, "num_workers", 0)
     no_images: bool = field(
         default=False,
         metadata={"help": "text-only ablation: the same prompt without the visual tokens"},
@@ -114,52 +97,17 @@ class Args:
     encode_batch_size: int = field(
         default=16, metadata={"help": "images per vision-tower call when filling the cache"}
     )
-    max_steps: int | None = field(
-        default=None,
-        metadata={"help": "stop after this many optimizer steps (default: run --num_epochs)"},
-    )
-    accumulate_grad_batches: int = field(default=1, metadata={"help": "batches per optimizer step"})
-    log_every_n_steps: int = field(
-        default=10, metadata={"help": "record the train loss every this many optimizer steps"}
-    )
-    checkpoint_every_n_steps: int | None = field(
-        default=None,
-        metadata={
-            "help": "also checkpoint (for --resume) every this many steps (default: each epoch)"
-        },
-    )
-    num_workers: int = field(default=0, metadata={"help": "data-loader worker processes"})
     lenient: bool = field(
         default=False,
         metadata={"help": "skip malformed records (counted in metrics.json) instead of failing"},
     )
-    resume: bool = field(
-        default=False,
-        metadata={"help": "continue from FINETUNE_OUTPUT_DIR/checkpoints/last.ckpt if present"},
-    )
     skip_eval: bool = field(default=False, metadata={"help": "do not evaluate on the test split"})
 
     def __post_init__(self):
-        positive = (
-            "max_length",
-            "batch_size",
-            "num_epochs",
-            "lora_r",
-            "accumulate_grad_batches",
-            "log_every_n_steps",
-            "encode_batch_size",
-        )
-        for name in positive:
+        super().__post_init__()
+        for name in ("max_length", "encode_batch_size"):
             if getattr(self, name) < 1:
-                raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("max_steps", "checkpoint_every_n_steps"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"--{name} must be >= 1, got {value}")
-        if self.lr <= 0 or self.weight_decay < 0 or not 0 <= self.lora_dropout < 1:
-            raise ValueError("need --lr > 0, --weight_decay >= 0 and 0 <= --lora_dropout < 1")
-        if self.num_workers < 0:
-            raise ValueError("--num_workers must be >= 0")
+                raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}")
         if not self.candidate_type.startswith("candidates_"):
             raise ValueError(
                 f"--candidate_type must be a candidates_* key, got {self.candidate_type!r}"
@@ -171,54 +119,22 @@ class Args:
 # ------------------------------------------------------------------------------------ helpers
 
 
-def load_dtype(precision: str) -> torch.dtype:
-    """Dtype of the frozen backbone's weights for a Lightning precision.
-
-    With ``*-mixed`` the frozen weights are loaded in half precision too (they never
-    update, and a 7B model in float32 would double the memory), while the LoRA weights that
-    train stay float32 (PEFT keeps adapters float32 on a half-precision base) under autocast.
-    ``*-true`` casts everything, LoRA included, to half precision: at lr 5e-5 Adam's updates
-    are near bfloat16's resolution, so it is not the default.
-    """
-    if precision.startswith("bf16"):
-        return torch.bfloat16
-    if precision.startswith("16"):
-        return torch.float16
-    return torch.float32
-
-
-def _devices(value: str) -> int | str | list[int]:
-    value = value.strip()
-    if value == "auto" or value == "-1":
-        return value if value == "auto" else -1
-    if "," in value:
-        return [int(v) for v in value.split(",") if v.strip()]
-    try:
-        return int(value)
-    except ValueError:
-        raise LavicError(
-            f"--devices must be a count, a list like 0,1 or auto; got {value!r}"
-        ) from None
-
-
 def add_language_lora(model, *, r: int, alpha: int, dropout: float):
     """Wrap ``model`` in a PeftModel with LoRA on every linear layer of the language model.
 
     Everything else (vision tower, projector, embeddings, LM head) is frozen.
     """
-    from peft import LoraConfig, get_peft_model
-
     from lavic.model.lora import language_lora_targets
+    from lavic.training.lora import add_lora
 
-    targets = language_lora_targets(model)
-    if not targets:
-        raise LavicError("the backbone has no linear layers under model.language_model")
-    for p in model.parameters():
-        p.requires_grad_(False)
-    config = LoraConfig(
-        r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, bias="none"
+    return add_lora(
+        model,
+        language_lora_targets(model),
+        r=r,
+        alpha=alpha,
+        dropout=dropout,
+        trainable_under=LANGUAGE_MODULES,
     )
-    return get_peft_model(model, config)
 
 
 def _looks_like_path(name: str | Path) -> bool:
@@ -227,26 +143,29 @@ def _looks_like_path(name: str | Path) -> bool:
     return text.startswith((".", "/", "~")) or text.count("/") > 1 or "\\" in text
 
 
-def _latest_checkpoint(out_dir: Path) -> Path | None:
-    found = sorted((out_dir / CHECKPOINT_DIR).glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
-    return found[-1] if found else None
-
-
 # ---------------------------------------------------------------------------------------- run
 
 
 def run(args: Args) -> int:
     import lightning as L
-    from torch.utils.data import DataLoader
 
+    from lavic.artifacts import read_artifact_info
     from lavic.cache.store import adapter_fingerprint, build_item_token_cache
     from lavic.data.images import ImageStats
     from lavic.data.loaders import item_title, items_without_title, load_item_meta, load_split
     from lavic.data.records import LoadReport
-    from lavic.distill.module import ShardSampler
-    from lavic.io import atomic_checkpoint_io
-    from lavic.model.backbone import load_backbone, read_artifact_info
+    from lavic.model.backbone import load_backbone
+    from lavic.model.compute import prompt_logits
     from lavic.model.lora import count_parameters
+    from lavic.training.precision import (
+        check_on_loader,
+        cpu_bf16_possible,
+        resolve_precision,
+        weights_dtype,
+    )
+    from lavic.training.resume import checkpoint_to_resume
+    from lavic.training.sampler import make_loader
+    from lavic.training.trainer import build_trainer
     from lavic.tune.data import RecommendCollator, RecommendDataset, make_samples
     from lavic.tune.module import RecommendTuner
 
@@ -271,22 +190,17 @@ def run(args: Args) -> int:
         base_model, parent = info["base_model"], Path(args.model_dir)
 
     # -- data
-    train_report, valid_report = LoadReport(""), LoadReport("")
-    train_convs = load_split(
-        args.data_dir,
-        args.category,
-        "train",
-        lenient=args.lenient,
-        report=train_report,
-        candidate_key=args.candidate_type,
-    )
-    valid_convs = load_split(
-        args.data_dir,
-        args.category,
-        "valid",
-        lenient=args.lenient,
-        report=valid_report,
-        candidate_key=args.candidate_type,
+    reports = {split: LoadReport("") for split in ("train", "valid")}
+    train_convs, valid_convs = (
+        load_split(
+            args.data_dir,
+            args.category,
+            split,
+            lenient=args.lenient,
+            report=reports[split],
+            candidate_key=args.candidate_type,
+        )
+        for split in ("train", "valid")
     )
     if not train_convs or not valid_convs:
         raise LavicError(
@@ -297,9 +211,14 @@ def run(args: Args) -> int:
     train_samples = make_samples(train_convs, args.candidate_type, seed=args.seed)
     valid_samples = make_samples(valid_convs, args.candidate_type, seed=args.seed)
 
-    # -- model: base + stage-1 adapter merged
-    precision = resolve_precision(args.precision, args.accelerator)
-    dtype = load_dtype(precision)
+    # -- model: base + stage-1 adapter merged. `auto` may pick CPU bf16 only after the check
+    # below, on the float32 weights it would train with (autocast computes in bf16).
+    cpu_bf16_candidate = cpu_bf16_possible(args.precision, args.accelerator)
+    if cpu_bf16_candidate:
+        precision = "32-true"  # until the check (float32 weights either way)
+    else:
+        precision = resolve_precision(args.precision, args.accelerator)
+    dtype = weights_dtype(precision)
     backbone = load_backbone(args.model_dir, dtype=dtype)
     backbone.model.to(dtype)  # built-in backbones (tiny-random) are built in float32
     if args.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
@@ -367,21 +286,10 @@ def run(args: Args) -> int:
     collate = RecommendCollator(tokenizer, cache, max_length=args.max_length)
     # A seeded permutation per epoch (seed + epoch) that a checkpoint can resume mid-way, so a
     # resumed run sees exactly the batches of an uninterrupted one; each rank takes its shard.
-    train_sampler = ShardSampler(len(train_ds), shuffle=True, pad=True, seed=args.seed)
-    train_loader = DataLoader(
-        train_ds,
-        batch_size=args.batch_size,
-        sampler=train_sampler,
-        collate_fn=collate,
-        num_workers=args.num_workers,
-    )
-    valid_loader = DataLoader(
-        valid_ds,
-        batch_size=args.batch_size,
-        sampler=ShardSampler(len(valid_ds), shuffle=False, pad=False),
-        collate_fn=collate,
-        num_workers=args.num_workers,
-    )
+    loader_kw = {"batch_size": args.batch_size, "num_workers": args.num_workers}
+    train_loader = make_loader(train_ds, collate, shuffle=True, seed=args.seed, **loader_kw)
+    valid_loader = make_loader(valid_ds, collate, shuffle=False, **loader_kw)
+    train_sampler = train_loader.sampler
     truncated_targets = _count_truncated_targets(tokenizer, (train_ds, valid_ds), args.max_length)
 
     module = RecommendTuner(
@@ -392,63 +300,21 @@ def run(args: Args) -> int:
         log_every_n_steps=args.log_every_n_steps,
     )
     module.train_sampler = train_sampler
-    from lightning.pytorch.callbacks import ModelCheckpoint
-    from lightning.pytorch.loggers import CSVLogger
 
-    from lavic.distill.module import StepCheckpoint
-
-    # last.ckpt after each epoch's validation or, with --checkpoint_every_n_steps, every N
-    # steps instead (an epoch's last step only after its validation: see StepCheckpoint).
-    if args.checkpoint_every_n_steps:
-        path = out / CHECKPOINT_DIR / f"{CHECKPOINT_NAME}.ckpt"
-        checkpoints = [StepCheckpoint(path, args.checkpoint_every_n_steps)]
-    else:
-        checkpoints = [
-            ModelCheckpoint(
-                dirpath=out / CHECKPOINT_DIR,
-                filename=CHECKPOINT_NAME,
-                save_top_k=1,
-                monitor=None,
-                enable_version_counter=False,
-            )
-        ]
-    trainer = L.Trainer(
-        accelerator=args.accelerator,
-        devices=_devices(args.devices),
-        strategy=args.strategy,
-        precision=precision,
-        max_epochs=args.num_epochs,
-        max_steps=args.max_steps if args.max_steps is not None else -1,
-        accumulate_grad_batches=args.accumulate_grad_batches,
-        num_sanity_val_steps=0,
-        log_every_n_steps=args.log_every_n_steps,
-        logger=CSVLogger(str(out), name="logs"),
-        callbacks=checkpoints,
-        default_root_dir=str(out),
-        enable_model_summary=False,
-        use_distributed_sampler=False,  # ShardSampler shards by rank itself
-        # A kill never leaves half a last.ckpt (DeepSpeed writes its own checkpoint folders).
-        plugins=None if "deepspeed" in args.strategy else [atomic_checkpoint_io()],
-    )
-    ckpt_path = None
-    if remove_partial_writes(out / CHECKPOINT_DIR / f"{CHECKPOINT_NAME}.ckpt"):
-        log.warning("removed a partly written checkpoint under %s (a killed run)", out)
-    if args.resume:
-        ckpt_path = _latest_checkpoint(out)
-        if ckpt_path is None:
-            log.warning(
-                "--resume: no checkpoint under %s; starting from the beginning",
-                out / CHECKPOINT_DIR,
-            )
-        else:
-            epoch, step = peek_checkpoint(ckpt_path)
-            log.info("resuming from %s epoch %d step %d", ckpt_path, epoch, step)
+    if cpu_bf16_candidate:
+        # Float32 weights vs CPU bf16 autocast on the first validation batches; LoRA's B is
+        # still 0, so this is the model the run starts from.
+        logits_fn = functools.partial(prompt_logits, model, tokenizer)
+        check = check_on_loader(logits_fn, valid_loader)
+        precision = resolve_precision("auto", args.accelerator, check=check)
+    trainer = build_trainer(args, model=model, precision=precision, output_dir=out)
+    ckpt_path = checkpoint_to_resume(out / CHECKPOINT_DIR / LAST_CHECKPOINT, resume=args.resume)
     model.train()  # backbones load in eval mode; LoRA dropout acts only in train mode
     trainer.fit(
         module,
         train_loader,
         valid_loader,
-        ckpt_path=str(ckpt_path) if ckpt_path else None,
+        ckpt_path=ckpt_path,
         weights_only=True,  # our checkpoints hold only tensors and plain containers
     )
     if module.last_validated_step != trainer.global_step:
@@ -473,7 +339,7 @@ def run(args: Args) -> int:
         "valid_conversations": len(valid_convs),
         "train_samples": len(train_ds),
         "valid_samples": len(valid_ds),
-        "skipped_records": {"train": train_report.num_skipped, "valid": valid_report.num_skipped},
+        "skipped_records": {split: report.num_skipped for split, report in reports.items()},
         "gt_inserted_into_candidates": {
             "train": sum(s.replaced is not None for s in train_samples),
             "valid": sum(s.replaced is not None for s in valid_samples),
@@ -535,25 +401,17 @@ def run(args: Args) -> int:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    from lavic.evaluation.evaluate import evaluate_split
+    from lavic.evaluation.evaluate import Args as EvaluateArgs
+    from lavic.evaluation.evaluate import Evaluator
 
-    evaluate_split(
+    evaluation = EvaluateArgs.following(
+        args,
         model_dir=adapter_dir,
-        data_dir=args.data_dir,
-        category=args.category,
-        candidate_type=args.candidate_type,
-        split="test",
-        item_meta_path=args.item_meta_path,
-        image_dir=args.image_dir,
         output_dir=out,
-        decoding=args.decoding,
-        no_images=args.no_images,
-        max_length=args.max_length,
-        batch_size=args.batch_size,
+        split="test",
         cache_dir=None if args.no_images else cache_dir,
-        lenient=args.lenient,
-        train_info=metrics,
     )
+    Evaluator(evaluation).evaluate(train_info=metrics)
     return 0
 
 

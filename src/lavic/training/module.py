@@ -1,0 +1,144 @@
+"""What both stages' LightningModules share: the optimizer, LoRA-only checkpoints, exact resumes
+and best-epoch tracking.
+
+A stage subclasses :class:`LoRAModule` and writes its steps and its own bookkeeping; it adds
+what its checkpoint must carry with :meth:`LoRAModule.checkpoint_state` and reads it back in
+:meth:`LoRAModule.load_checkpoint_state`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import lightning as L
+import torch
+
+from lavic.errors import LavicError
+from lavic.training.resume import check_trainable_state
+from lavic.training.sampler import ShardSampler
+
+
+def clean_param_name(name: str) -> str:
+    """A parameter's name without FSDP / activation-checkpointing wrapper segments, i.e. as
+    in a full state dict."""
+    for wrapper in ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module."):
+        name = name.replace(wrapper, "")
+    return name
+
+
+class LoRAModule(L.LightningModule):
+    """Base of a LoRA stage: AdamW over the trainable weights, checkpoints of those alone.
+
+    Args:
+        model: a ``peft.PeftModel`` whose only trainable parameters are the stage's LoRA.
+        lr: AdamW learning rate.
+        weight_decay: AdamW weight decay.
+
+    Attributes:
+        train_sampler: the training loader's :class:`ShardSampler`, set by the caller: told the
+            epoch at each epoch start and, from a mid-epoch checkpoint, how far it had got, so
+            a resumed run sees exactly the batches of an uninterrupted one.
+        best: the best validation record so far (lowest ``val_loss``), or None.
+    """
+
+    def __init__(self, model, *, lr: float, weight_decay: float):
+        super().__init__()
+        self.model = model
+        self.lr = lr
+        self.weight_decay = weight_decay
+        # Checkpoints hold only the trainable (LoRA) weights; the frozen base is rebuilt from
+        # the model name or artefact. Lightning must not demand the frozen keys when loading.
+        self.strict_loading = False
+        self.train_sampler: ShardSampler | None = None
+        self.best: dict[str, Any] | None = None
+        self._epoch_samples = 0  # this process's training samples done in the current epoch
+
+    # ------------------------------------------------------------------ optimisation
+
+    def configure_optimizers(self):
+        params = [p for p in self.parameters() if p.requires_grad]
+        if not params:
+            raise LavicError("no trainable parameters (the LoRA wrapping found no target)")
+        return torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+
+    def start_epoch(self) -> None:
+        """Call from ``on_train_epoch_start`` (not called on a mid-epoch resume)."""
+        self._epoch_samples = 0
+        if self.train_sampler is not None:
+            self.train_sampler.use_epoch(int(self.current_epoch))
+
+    def count_samples(self, rows: int) -> None:
+        """Call from ``training_step`` with the batch's number of samples."""
+        self._epoch_samples += int(rows)
+
+    def is_new_best(self, record: dict[str, Any], key: str = "val_loss") -> bool:
+        """Keep ``record`` as :attr:`best` if its ``key`` is lower than the best so far."""
+        if self.best is None or record[key] < self.best[key]:
+            self.best = dict(record)
+            return True
+        return False
+
+    # ------------------------------------------------------------------ weights
+
+    def trainable_keys(self) -> set[str]:
+        """Names of the trainable parameters as they appear in a (full) state dict."""
+        return {clean_param_name(name) for name, p in self.named_parameters() if p.requires_grad}
+
+    def adapter_state_dict(self) -> dict[str, torch.Tensor]:
+        """The trainable (LoRA) weights, whole and on the CPU, named as in the ``PeftModel``.
+
+        Taken from the strategy's full state dict, the one Lightning checkpoints: under FSDP
+        that gathers the shards onto global rank 0 (a collective: call this on every process;
+        the others get an empty dict).
+        """
+        if self._trainer is not None:
+            full = self.trainer.strategy.lightning_module_state_dict()
+        else:
+            full = self.state_dict()
+        keep = self.trainable_keys()
+        return {
+            k.removeprefix("model."): v.detach().to("cpu", copy=True)
+            for k, v in full.items()
+            if k in keep
+        }
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """The stage's own state a checkpoint carries (override; plain containers only)."""
+        return {}
+
+    def load_checkpoint_state(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`checkpoint_state`'s dict (override)."""
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        keep = self.trainable_keys()
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
+        checkpoint["lavic"] = {
+            **self.checkpoint_state(),
+            "best": self.best,
+            "epoch": int(self.current_epoch),
+            "epoch_samples": self._epoch_samples,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # (FSDP loads the weights itself and removes them from the dict before this hook.)
+        if "state_dict" in checkpoint:
+            trainable = {
+                clean_param_name(n): p for n, p in self.named_parameters() if p.requires_grad
+            }
+            check_trainable_state(checkpoint["state_dict"], trainable)
+        state = checkpoint.get("lavic") or {}
+        self.best = state.get("best")
+        self._epoch_samples = int(state.get("epoch_samples", 0))
+        self.load_checkpoint_state(state)
+        if self.train_sampler is not None:
+            self.train_sampler.resume_from_checkpoint(
+                int(state.get("epoch", 0)), self._epoch_samples
+            )
+
+
+NewBestHook = Callable[[dict[str, Any], dict[str, torch.Tensor]], None]
+
+__all__ = ["LoRAModule", "NewBestHook", "clean_param_name"]
