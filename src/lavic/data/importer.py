@@ -240,8 +240,9 @@ def _csv_chunks(path: Path, args: Args, read, skipped: list[str]) -> Iterator[li
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", pd.errors.ParserWarning)
+            # All columns are read (no `usecols`): with usecols, pandas silently drops the
+            # extra fields of a row that has too many, instead of calling it a bad line.
             reader = read(
-                usecols=wanted,
                 chunksize=args.chunk_size,
                 on_bad_lines="warn" if args.lenient else "error",
             )
