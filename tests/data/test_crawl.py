@@ -158,15 +158,15 @@ def test_targets_come_from_the_one_metadata_loader(tmp_path):
         (
             ".jsonl",
             '{"image": "http://h/a", "image_name": "a.jpg"}\n{"image": \n',
-            ":2: invalid JSON",
+            ":2: malformed JSON: Expecting value",
         ),
-        (".jsonl", '["not", "an object"]\n', ":1: expected an object, got a list"),
-        (".jsonl", '{"image": "http://h/a"}\n', ":1: missing 'image_name'"),
-        (".jsonl", '{"image": 7, "image_name": "a.jpg"}\n', ":1: 'image' is a int"),
-        (".json", '{"A": {"images": [{"large": "u"}]}, ', ":1: invalid JSON"),
-        (".json", "[1, 2]", ": expected an object mapping ASIN"),
-        (".json", '{"A": {"images": "http://h/a"}}', ": item 'A': 'images' is a string"),
-        (".json", '{"A": {"images": [{"large": 3}]}}', ": item 'A': images[0].large is a int"),
+        (".jsonl", '["not", "an object"]\n', ":1: expected a JSON object on each line, got an array"),
+        (".jsonl", '{"image": "http://h/a"}\n', ":1: missing key 'image_name'"),
+        (".jsonl", '{"image": 7, "image_name": "a.jpg"}\n', ":1: key 'image' must be a string or null, got a number"),
+        (".json", '{"A": {"images": [{"large": "u"}]}, ', ":1: truncated file"),
+        (".json", "[1, 2]", ":1: top-level value must be a JSON object"),
+        (".json", '{"A": {"images": "http://h/a"}}', ":1: item 'A': key 'images' must be a list, got a string"),
+        (".json", '{"A": {"images": [{"large": 3}]}}', ":1: item 'A': key 'images[0].large' must be a string or null"),
     ],
 )
 def test_malformed_metadata_is_one_line_data_error(tmp_path, suffix, text, expected):
@@ -185,7 +185,7 @@ def test_malformed_metadata_through_the_cli_exits_2(tmp_path, capsys):
         cli_main(["crawl", "--item_meta_path", str(path), "--images_dir", str(tmp_path / "i")]) == 2
     )
     err = capsys.readouterr().err
-    assert f"{path}:1: invalid JSON" in err and "Traceback" not in err
+    assert f"{path}:1: malformed JSON" in err and "Traceback" not in err
 
 
 def test_unknown_extension_is_refused(tmp_path):

@@ -9,6 +9,7 @@ formats give the same catalogue, and that chunked reading changes nothing.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -279,3 +280,42 @@ def test_bad_options_are_refused(tmp_path):
     with pytest.raises(DataError, match="no such file"):
         import_catalogue(Args(tmp_path / "absent.csv", tmp_path / "o"))
     assert not (tmp_path / "o").exists()
+
+
+def test_quick_check_catches_cut_short_jpegs_and_full_check_also_corrupt_ones(tmp_path):
+    import io
+
+    pictures = tmp_path / "pics"
+    pictures.mkdir()
+    buf = io.BytesIO()
+    Image.effect_noise((64, 64), 60).convert("RGB").save(buf, format="JPEG", quality=90)
+    whole = buf.getvalue()
+    (pictures / "whole.jpg").write_bytes(whole)
+    (pictures / "cut.jpg").write_bytes(whole[: len(whole) // 2])
+    corrupt = bytearray(whole)
+    corrupt[len(whole) // 2 : len(whole) // 2 + 64] = b"\xff" * 64  # end marker intact
+    (pictures / "corrupt.jpg").write_bytes(bytes(corrupt))
+    (pictures / "text.jpg").write_bytes(b"<html>not found</html>")
+    table = tmp_path / "t.csv"
+    table.write_text(
+        "item_id,title,image\nW,w,whole.jpg\nC,c,cut.jpg\nX,x,corrupt.jpg\nH,h,text.jpg\n"
+    )
+    quick = import_catalogue(Args(table, tmp_path / "quick", images_root=pictures))
+    assert quick.failures_by_reason == {"truncated": 1, "not_image": 1}
+    full = import_catalogue(Args(table, tmp_path / "full", images_root=pictures, full_check=True))
+    assert full.images["failed"] == 3 and full.images["copied"] == 1
+    assert (tmp_path / "full" / IMAGES_DIR / "W_0.jpg").read_bytes() == whole
+
+
+def test_link_images_hard_links_kept_jpegs_and_still_converts_the_rest(table, tmp_path):
+    out = tmp_path / "linked"
+    report = _import(table.csv_path, table, out, lenient=True, link_images=True, workers=1)
+    assert report.images == {"wanted": 8, "copied": 6, "crawled": 1, "failed": 1}
+    images = out / IMAGES_DIR
+    kept = os.stat(table.pictures / "mugs/red.jpg")
+    assert os.stat(images / "MUG-RED_0.jpg").st_ino == kept.st_ino  # linked, not copied
+    converted = os.stat(images / "MUG-BLUE_0.jpg")  # palette PNG -> a new JPEG
+    assert converted.st_ino != os.stat(table.pictures / "mugs/blue.png").st_ino
+    # A second import over the first replaces each file whole (no temporaries left).
+    _import(table.csv_path, table, out, lenient=True, link_images=True, workers=1)
+    assert not [p for p in images.iterdir() if p.name.startswith(".")]

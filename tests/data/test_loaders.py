@@ -410,7 +410,7 @@ def test_valid_meta_accepts_any_file_name_and_takes_the_id_from_the_seed_form_on
     ]
     path = _write(tmp_path / "item2meta_valid.jsonl", make_jsonl(*lines))
     meta = load_item_meta(path)
-    assert list(meta) == ["mug-red.png", "B0BLUE", "LAMP1", "photo_2.jpeg", "../escape"]
+    assert list(meta) == ["mug-red.png", "B0BLUE", "LAMP1", "photo_2.jpeg", "../escape_0.png"]
     assert meta["mug-red.png"].image_names == ("mug-red.png",)
     assert meta["mug-red.png"].descriptions == {"mug-red.png": "a"}
     assert meta["B0BLUE"].image_names == ("B0BLUE_0.jpg", "B0BLUE_1.jpg")  # index order
