@@ -78,7 +78,9 @@ def write_table(root: Path, rows: int, size: int, png_fraction: float, seed: int
             data = pngs[i % TEMPLATES] if is_png else jpegs[i % TEMPLATES]
             (folder / name).write_bytes(data)
             n_png += is_png
-            writer.writerow([f"SKU{i:07d}", f"Product number {i}, colour {i % 17}", f"{i // 1000:03d}/{name}"])
+            writer.writerow(
+                [f"SKU{i:07d}", f"Product number {i}, colour {i % 17}", f"{i // 1000:03d}/{name}"]
+            )
     return {
         "rows": rows,
         "pngs": n_png,

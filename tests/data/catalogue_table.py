@@ -78,7 +78,13 @@ def write_table(root: Path, url: str | None) -> Table:
     Image.new("RGB", (8, 8), (1, 2, 3)).save(root / "secret.jpg")
     rows = []
     for sku, name, picture, _ in GOOD_ROWS:
-        cell = "" if picture is None else (url or "http://127.0.0.1:9/x.jpg") if picture == "URL" else picture
+        cell = (
+            ""
+            if picture is None
+            else (url or "http://127.0.0.1:9/x.jpg")
+            if picture == "URL"
+            else picture
+        )
         rows.append([sku, name, cell])
     bad_rows = []
     for k, (row, _) in enumerate(BAD_ROWS):

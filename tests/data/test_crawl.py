@@ -160,13 +160,29 @@ def test_targets_come_from_the_one_metadata_loader(tmp_path):
             '{"image": "http://h/a", "image_name": "a.jpg"}\n{"image": \n',
             ":2: malformed JSON: Expecting value",
         ),
-        (".jsonl", '["not", "an object"]\n', ":1: expected a JSON object on each line, got an array"),
+        (
+            ".jsonl",
+            '["not", "an object"]\n',
+            ":1: expected a JSON object on each line, got an array",
+        ),
         (".jsonl", '{"image": "http://h/a"}\n', ":1: missing key 'image_name'"),
-        (".jsonl", '{"image": 7, "image_name": "a.jpg"}\n', ":1: key 'image' must be a string or null, got a number"),
+        (
+            ".jsonl",
+            '{"image": 7, "image_name": "a.jpg"}\n',
+            ":1: key 'image' must be a string or null, got a number",
+        ),
         (".json", '{"A": {"images": [{"large": "u"}]}, ', ":1: truncated file"),
         (".json", "[1, 2]", ":1: top-level value must be a JSON object"),
-        (".json", '{"A": {"images": "http://h/a"}}', ":1: item 'A': key 'images' must be a list, got a string"),
-        (".json", '{"A": {"images": [{"large": 3}]}}', ":1: item 'A': key 'images[0].large' must be a string or null"),
+        (
+            ".json",
+            '{"A": {"images": "http://h/a"}}',
+            ":1: item 'A': key 'images' must be a list, got a string",
+        ),
+        (
+            ".json",
+            '{"A": {"images": [{"large": 3}]}}',
+            ":1: item 'A': key 'images[0].large' must be a string or null",
+        ),
     ],
 )
 def test_malformed_metadata_is_one_line_data_error(tmp_path, suffix, text, expected):

@@ -171,17 +171,21 @@ def _import(path, table, out, **kw):
 
 
 def test_csv_tsv_jsonl_and_parquet_give_the_same_catalogue_and_chunks_change_nothing(
-    table, tmp_path
+    table, tmp_path, monkeypatch
 ):
+    from lavic.data import importer
+
     paths = _write_other_formats(table, tmp_path)
     outputs = {}
     for name, path in paths.items():
         out = tmp_path / f"out_{name}"
-        _import(path, table, out)
+        _import(path, table, out, workers=1)
         outputs[name] = (out / META_FILE).read_text()
     assert len(set(outputs.values())) == 1, outputs
     out = tmp_path / "out_chunked"
-    report = _import(paths["parquet"], table, out, chunk_size=2, workers=1)
+    # Chunks of 2 rows, images converted by 2 worker processes (started even for a few).
+    monkeypatch.setattr(importer._LazyPool, "MIN_JOBS", 1)
+    report = _import(paths["parquet"], table, out, chunk_size=2, workers=2)
     assert (out / META_FILE).read_text() == outputs["csv"]
     assert report.images == {"wanted": 8, "copied": 6, "crawled": 1, "failed": 1}
     jpegs = sorted((out / IMAGES_DIR).glob("*.jpg"))
@@ -246,7 +250,9 @@ def test_malformed_csv_line_is_one_line_error_or_skipped_when_lenient(tmp_path):
     Image.new("RGB", (8, 8), (200, 0, 0)).save(pictures / "a.jpg")
     table = tmp_path / "t.csv"
     table.write_text('item_id,title,image\nA,ok,a.jpg\nB,"one, two",a.jpg,extra\nC,ok,a.jpg\n')
-    with pytest.raises(DataError, match=r"t\.csv: malformed CSV: Expected 3 fields in line 3, saw 4"):
+    with pytest.raises(
+        DataError, match=r"t\.csv: malformed CSV: Expected 3 fields in line 3, saw 4"
+    ):
         import_catalogue(Args(table, tmp_path / "o"))
     report = import_catalogue(Args(table, tmp_path / "o2", lenient=True))
     assert report.items == 2 and report.bad_rows == 1

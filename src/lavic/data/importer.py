@@ -43,8 +43,8 @@ import stat
 import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
-from functools import partial
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -142,7 +142,9 @@ class Args:
     )
     concurrency: int = field(default=32, metadata={"help": "image URLs fetched at once"})
     timeout: float = field(default=30.0, metadata={"help": "seconds allowed per URL attempt"})
-    retries: int = field(default=4, metadata={"help": "extra attempts per URL after a timeout, 5xx"})
+    retries: int = field(
+        default=4, metadata={"help": "extra attempts per URL after a timeout, 5xx"}
+    )
 
     def __post_init__(self) -> None:
         for name in ("table_path", "output_dir"):
@@ -509,7 +511,8 @@ class RowChecker:
             description = _text(row.description, args.description_column, allow_numbers=False)
             _no_item_tokens(description, args.description_column)
         images = tuple(
-            self._image(v) for v in _image_values(row.image, args.image_column, args.image_separator)
+            self._image(v)
+            for v in _image_values(row.image, args.image_column, args.image_separator)
         )
         self.first_row[item_id] = row.number
         return Item(item_id, title.strip() if title else None, images, description)
@@ -690,13 +693,16 @@ class ImportReport:
             f"{self.table_path} -> {self.output_dir} in {self.seconds:.1f}s",
             f"  rows read:      {self.rows}",
             f"  items written:  {self.items} ({META_FILE})",
-            f"  bad rows:       {self.bad_rows}" + (" skipped (--lenient)" if self.bad_rows else ""),
+            f"  bad rows:       {self.bad_rows}"
+            + (" skipped (--lenient)" if self.bad_rows else ""),
             f"  images wanted:  {i['wanted']}",
             f"    copied:       {i['copied']} (local files)",
             f"    crawled:      {i['crawled']} (URLs)",
             f"    failed:       {i['failed']}",
         ]
-        lines += [f"      {reason}: {n}" for reason, n in self.as_dict()["failures_by_reason"].items()]
+        lines += [
+            f"      {reason}: {n}" for reason, n in self.as_dict()["failures_by_reason"].items()
+        ]
         lines.append(f"  items without any image: {self.items_without_image}")
         return "\n".join(lines)
 
@@ -738,29 +744,39 @@ def _entry(item: Item, names: list[str]) -> dict[str, Any]:
     return entry
 
 
-class _InProcess:
-    """``ProcessPoolExecutor``'s ``map`` for one worker: no process to start or feed."""
+class _LazyPool:
+    """Worker processes for the images, started only once a chunk has enough of them.
+
+    Processes, not threads: checking and copying a JPEG is mostly Python code (header parse,
+    file calls), which threads would run one at a time under the GIL. "spawn" starts them clean
+    (the parent has a progress-bar thread; fork would copy its locks). Starting them costs
+    about a second, so a small table's images are done in this process.
+    """
+
+    MIN_JOBS = 256
+
+    def __init__(self, workers: int):
+        self.workers = workers
+        self.pool: ProcessPoolExecutor | None = None
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
+        if self.pool is not None:
+            self.pool.shutdown()
         return False
 
     def map(self, fn, *iterables, chunksize=1):
-        del chunksize
-        return list(map(fn, *iterables))
+        jobs = list(zip(*iterables, strict=True))
+        if self.pool is None and (self.workers == 1 or len(jobs) < self.MIN_JOBS):
+            return [fn(*job) for job in jobs]
+        if self.pool is None:
+            import multiprocessing
 
-
-def _image_pool(workers: int):
-    # Processes, not threads: checking and copying a JPEG is mostly Python code (header parse,
-    # file calls), which threads would run one at a time under the GIL. "spawn" starts them
-    # clean (the parent has a progress-bar thread; fork would copy its locks).
-    if workers == 1:
-        return _InProcess()
-    import multiprocessing
-
-    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+            context = multiprocessing.get_context("spawn")
+            self.pool = ProcessPoolExecutor(self.workers, mp_context=context)
+        return self.pool.map(fn, *zip(*jobs, strict=True), chunksize=chunksize)
 
 
 def _remove_temporaries(images_dir: Path) -> int:
@@ -815,6 +831,7 @@ def import_catalogue(args: Args) -> ImportReport:
     if stale:
         log.info("%s: removed %d temporary file(s) of an interrupted run", images_dir, stale)
     checker = RowChecker(args, images_root)
+    shown_root = str(args.images_root if args.images_root is not None else table.parent)
     convert = partial(
         import_local_image,
         max_bytes=DEFAULT_MAX_BYTES,
@@ -835,7 +852,7 @@ def import_catalogue(args: Args) -> ImportReport:
     bar = tqdm(desc="import", unit="row", dynamic_ncols=True, disable=None)
     with (
         atomic_open(out_dir / META_FILE, "w", encoding="utf-8") as handle,
-        _image_pool(args.workers) as pool,
+        _LazyPool(args.workers) as pool,
         bar,
     ):
         writer = _MetaWriter(handle)
@@ -865,7 +882,8 @@ def import_catalogue(args: Args) -> ImportReport:
                         # The id was checked to be a plain, visible file name: no `..`, no
                         # separator, so the join stays inside (and a rename replaces a link
                         # found there, never writing through it).
-                        jobs.append((where, image.source, images_dir / name))
+                        shown = os.path.join(shown_root, image.value)
+                        jobs.append((where, image.source, images_dir / name, shown))
             for message in reader_skips:
                 report.add_bad_row(message)
             reader_skips.clear()
@@ -875,11 +893,13 @@ def import_catalogue(args: Args) -> ImportReport:
                 [job[2] for job in jobs],
                 chunksize=max(1, min(256, len(jobs) // (4 * args.workers) or 1)),
             )
-            for (where, _source, _dest), result in zip(jobs, results, strict=True):
+            for (where, source, _dest, shown), result in zip(jobs, results, strict=True):
                 if result.status == "copied":
                     report.images["copied"] += 1
                 else:
-                    note_failure(result.reason or "failed", f"{where}: {result.message}")
+                    # Name the file as the user wrote it (root as given + the cell).
+                    message = (result.message or "").replace(str(source), shown)
+                    note_failure(result.reason or "failed", f"{where}: {message}")
             bar.update(len(rows))
         for message in reader_skips:
             report.add_bad_row(message)
