@@ -22,6 +22,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "synthesize": ("lavic.data.synthetic", "Write a synthetic, visually grounded catalogue"),
     "download-data": ("lavic.data.download", "Fetch the published Reddit-Amazon data files"),
     "crawl": ("lavic.data.crawl", "Download item images concurrently into a checked snapshot"),
+    "import-catalogue": (
+        "lavic.data.importer",
+        "Import a product table (CSV/JSONL/Parquet) and its images as a catalogue",
+    ),
     "build-tiny": ("lavic.pretrain.build", "Build and pretrain the offline `tiny` backbone"),
     "describe": ("lavic.distill.describe", "Write teacher descriptions with the base model"),
     "distill": ("lavic.distill.train", "Stage 1: visual knowledge self-distillation"),

@@ -128,9 +128,28 @@ def test_valid_jsonl_targets(tmp_path):
     )
     targets = read_image_targets(path)
     assert [(t.url, t.name, t.where) for t in targets] == [
-        ("http://h/a.jpg", "A_0.jpg", f"{path}:1"),
-        ("http://h/c.jpg", "C_4.jpg", f"{path}:4"),
+        ("http://h/a.jpg", "A_0.jpg", f"{path}: item 'A'"),
+        ("http://h/c.jpg", "C_4.jpg", f"{path}: item 'C'"),
     ]
+
+
+def test_targets_come_from_the_one_metadata_loader(tmp_path):
+    """The crawler reads metadata with lavic.data.loaders, so it accepts what the other
+    commands accept (any image name in a .jsonl) and refuses what they refuse."""
+    path = tmp_path / "item2meta_valid.jsonl"
+    rows = [
+        {"title": "Red mug", "image": "http://h/mug.png", "image_name": "mug-red.png"},
+        {"title": "t", "image": "http://h/x.jpg", "image_name": "X_0.jpg"},
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert [(t.url, t.name) for t in read_image_targets(path)] == [
+        ("http://h/mug.png", "mug-red.png"),
+        ("http://h/x.jpg", "X_0.jpg"),
+    ]
+    # A title the loaders refuse (the reserved item-token text) is refused here too.
+    path.write_text(json.dumps({"title": "<ItemImageEmb1>", "image_name": "X_0.jpg"}) + "\n")
+    with pytest.raises(DataError, match="reserved item token"):
+        read_image_targets(path)
 
 
 @pytest.mark.parametrize(
@@ -139,15 +158,31 @@ def test_valid_jsonl_targets(tmp_path):
         (
             ".jsonl",
             '{"image": "http://h/a", "image_name": "a.jpg"}\n{"image": \n',
-            ":2: invalid JSON",
+            ":2: malformed JSON: Expecting value",
         ),
-        (".jsonl", '["not", "an object"]\n', ":1: expected an object, got a list"),
-        (".jsonl", '{"image": "http://h/a"}\n', ":1: missing 'image_name'"),
-        (".jsonl", '{"image": 7, "image_name": "a.jpg"}\n', ":1: 'image' is a int"),
-        (".json", '{"A": {"images": [{"large": "u"}]}, ', ":1: invalid JSON"),
-        (".json", "[1, 2]", ": expected an object mapping ASIN"),
-        (".json", '{"A": {"images": "http://h/a"}}', ": item 'A': 'images' is a string"),
-        (".json", '{"A": {"images": [{"large": 3}]}}', ": item 'A': images[0].large is a int"),
+        (
+            ".jsonl",
+            '["not", "an object"]\n',
+            ":1: expected a JSON object on each line, got an array",
+        ),
+        (".jsonl", '{"image": "http://h/a"}\n', ":1: missing key 'image_name'"),
+        (
+            ".jsonl",
+            '{"image": 7, "image_name": "a.jpg"}\n',
+            ":1: key 'image' must be a string or null, got a number",
+        ),
+        (".json", '{"A": {"images": [{"large": "u"}]}, ', ":1: truncated file"),
+        (".json", "[1, 2]", ":1: top-level value must be a JSON object"),
+        (
+            ".json",
+            '{"A": {"images": "http://h/a"}}',
+            ":1: item 'A': key 'images' must be a list, got a string",
+        ),
+        (
+            ".json",
+            '{"A": {"images": [{"large": 3}]}}',
+            ":1: item 'A': key 'images[0].large' must be a string or null",
+        ),
     ],
 )
 def test_malformed_metadata_is_one_line_data_error(tmp_path, suffix, text, expected):
@@ -166,12 +201,12 @@ def test_malformed_metadata_through_the_cli_exits_2(tmp_path, capsys):
         cli_main(["crawl", "--item_meta_path", str(path), "--images_dir", str(tmp_path / "i")]) == 2
     )
     err = capsys.readouterr().err
-    assert f"{path}:1: invalid JSON" in err and "Traceback" not in err
+    assert f"{path}:1: malformed JSON" in err and "Traceback" not in err
 
 
 def test_unknown_extension_is_refused(tmp_path):
     (tmp_path / "meta.csv").write_text("x")
-    with pytest.raises(LavicError, match="expected a .json"):
+    with pytest.raises(LavicError, match=r"must be a \.json \(dict\) or \.jsonl"):
         read_image_targets(tmp_path / "meta.csv")
 
 
@@ -210,6 +245,59 @@ def test_other_modes_become_rgb_jpeg(mode):
         # Transparent pixels are composited on white, not black.
         r, g, b = out.getpixel((5, 4))
         assert min(r, g, b) > 200
+
+
+def _png_16bit_rgb(width: int, height: int, rgb16: tuple[int, int, int]) -> bytes:
+    """A 16-bit-per-channel RGB PNG (PIL cannot write one), every pixel ``rgb16``."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)
+    row = b"\x00" + struct.pack(">HHH", *rgb16) * width
+    idat = zlib.compress(row * height)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def _grey16(fmt: str, value: int, size=(12, 8)) -> bytes:
+    import numpy as np
+
+    array = np.full((size[1], size[0]), value, dtype=np.uint16)
+    image = Image.fromarray(array)  # uint16 -> mode I;16
+    assert image.mode == "I;16"
+    buf = io.BytesIO()
+    image.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def test_crawled_16bit_images_are_scaled_not_washed_out(server, tmp_path):
+    """16-bit pixels go through images.to_rgb: a quarter-grey stays a quarter-grey (PIL's own
+    I;16 -> RGB conversion clips at 255 and turned it white)."""
+    server.add("/grey16.png", ok(_grey16("PNG", 0x4000), "image/png"))
+    server.add("/grey16.tif", ok(_grey16("TIFF", 0xC000), "image/tiff"))
+    server.add("/rgb16.png", ok(_png_16bit_rgb(10, 6, (0xFFFF, 0x8000, 0x0000)), "image/png"))
+    # The 16-bit grey PNG really decodes as a 16-bit mode (the case that was clipped).
+    assert Image.open(io.BytesIO(_grey16("PNG", 0x4000))).mode in ("I;16", "I")
+    targets = [
+        ImageTarget(server.url("/grey16.png"), "G_0.jpg"),
+        ImageTarget(server.url("/grey16.tif"), "T_0.jpg"),
+        ImageTarget(server.url("/rgb16.png"), "C_0.jpg"),
+    ]
+    report = crawl_images(targets, tmp_path / "images", FAST)
+    assert report.counts() == {"present": 0, "saved": 3, "failed": 0}
+
+    def pixel(name):
+        with Image.open(tmp_path / "images" / name) as im:
+            assert im.format == "JPEG" and im.mode == "RGB"
+            return im.getpixel((5, 3))
+
+    for name, expected in (("G_0.jpg", 64), ("T_0.jpg", 191)):
+        r, g, b = pixel(name)
+        assert max(abs(r - expected), abs(g - expected), abs(b - expected)) <= 3, (name, r, g, b)
+    r, g, b = pixel("C_0.jpg")
+    assert r >= 250 and abs(g - 128) <= 4 and b <= 5
 
 
 def test_decode_rejects_html_truncated_and_bombs():

@@ -345,9 +345,10 @@ BAD_VALID_META = {
     "not_utf8": (b'{"title": "\xc3("}', "not valid UTF-8 text"),
     "not_an_object": (b'"X_1.jpg"', "expected a JSON object on each line, got a string"),
     "missing_image_name": ({"title": "t"}, "missing key 'image_name'"),
-    "bad_image_name": (
-        {"image_name": "X.png"},
-        "image_name 'X.png' is not of the form <item>_<k>.jpg",
+    "empty_image_name": ({"image_name": ""}, "key 'image_name' is an empty string"),
+    "item_id_type": (
+        {"image_name": "X.png", "item_id": ["X"]},
+        "key 'item_id' must be a non-empty string, got an array",
     ),
     "duplicate": (GOOD_VALID_LINE, "duplicate image_name 'X_0.jpg' (first on line 1)"),
     "title_type": (
@@ -388,6 +389,44 @@ def test_bad_valid_meta_line(tmp_path, capsys, make_jsonl, case):
     )
     argv = ["check-data", "--data_dir", str(data_dir), "--item_meta_path", str(path)]
     _assert_one_line_cli_error(argv, capsys, f"{path}:2:", problem)
+
+
+def test_valid_meta_accepts_any_file_name_and_takes_the_id_from_the_seed_form_only(
+    tmp_path, make_jsonl
+):
+    from PIL import Image
+
+    from lavic.data.images import LOADED, UNSAFE, read_image
+
+    lines = [
+        {"title": "Red mug", "image_name": "mug-red.png", "image_description_llava_cleaned": "a"},
+        {"title": "Blue mug", "image_name": "B0BLUE_1.jpg"},
+        {"title": None, "image_name": "B0BLUE_0.jpg", "image_description_llava_cleaned": "b"},
+        # An explicit item_id groups images whose names say nothing about their item.
+        {"title": "Lamp", "image_name": "lamp front.webp", "item_id": "LAMP1"},
+        {"image_name": "lamp_side.JPG", "item_id": "LAMP1"},
+        {"title": "Not a seed name", "image_name": "photo_2.jpeg"},
+        {"title": "Escape", "image_name": "../escape_0.png"},
+    ]
+    path = _write(tmp_path / "item2meta_valid.jsonl", make_jsonl(*lines))
+    meta = load_item_meta(path)
+    assert list(meta) == ["mug-red.png", "B0BLUE", "LAMP1", "photo_2.jpeg", "../escape_0.png"]
+    assert meta["mug-red.png"].image_names == ("mug-red.png",)
+    assert meta["mug-red.png"].descriptions == {"mug-red.png": "a"}
+    assert meta["B0BLUE"].image_names == ("B0BLUE_0.jpg", "B0BLUE_1.jpg")  # index order
+    assert meta["B0BLUE"].title == "Blue mug"
+    assert meta["LAMP1"].image_names == ("lamp front.webp", "lamp_side.JPG")
+    assert meta["LAMP1"].title == "Lamp"
+    assert [s.image_name for s in described_images(meta)] == ["mug-red.png", "B0BLUE_0.jpg"]
+
+    # A name is loaded, but one that would leave the image folder is never opened.
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.new("RGB", (8, 8), (200, 0, 0)).save(images / "mug-red.png")
+    Image.new("RGB", (8, 8), (0, 0, 200)).save(tmp_path / "escape_0.png")
+    image, outcome = read_image(images, "mug-red.png")
+    assert outcome == LOADED and image.getpixel((0, 0)) == (200, 0, 0)
+    assert read_image(images, "../escape_0.png") == (None, UNSAFE)
 
 
 def _train_text(**items) -> str:

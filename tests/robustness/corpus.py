@@ -377,10 +377,10 @@ VALID_META_CASES: list[Case] = [
         "missing key 'image_name'",
     ),
     Case(
-        "image_name without _k.jpg",
-        _vjsonl(line(valid_meta_row(2, image_name="B0000000A3.png"))),
+        "item_id is a number",
+        _vjsonl(line(valid_meta_row(2, item_id=7))),
         2,
-        "is not of the form <item>_<k>.jpg",
+        "key 'item_id' must be a non-empty string, got a number",
     ),
     Case(
         "duplicate image_name",

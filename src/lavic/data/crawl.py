@@ -183,117 +183,28 @@ class ImageTarget:
 def read_image_targets(path: str | os.PathLike[str]) -> list[ImageTarget]:
     """Read the image URLs and file names of a seed metadata file.
 
-    A ``.json`` file is ``item2meta_train.json``: a dict ``ASIN -> {"images": [{"large": url},
-    ...]}``; image ``k`` of item ``ASIN`` becomes ``<ASIN>_<k>.jpg`` (an entry without a
-    ``large`` URL is skipped, keeping ``k`` its position). A ``.jsonl`` file is
-    ``item2meta_valid.jsonl``: one object per line with ``image`` (URL; lines without one are
-    skipped) and ``image_name``. Names are *not* checked here; :func:`crawl_images` refuses
-    unsafe ones and reports them.
+    The file is read by :func:`lavic.data.loaders.load_item_meta` (strict), the one parser of
+    the seed's formats, so the crawler accepts exactly what the other commands accept. A
+    ``.json`` file is ``item2meta_train.json``: image ``k`` of item ``ASIN`` (``images[k].large``)
+    becomes ``<ASIN>_<k>.jpg``, an entry without a URL skipped while ``k`` keeps its position.
+    A ``.jsonl`` file is ``item2meta_valid.jsonl``: each line's ``image`` (URL; lines without one
+    are skipped) goes to its ``image_name``. Names are *not* checked here: :func:`crawl_images`
+    refuses unsafe ones and reports them.
 
     Raises:
-        DataError: unreadable or malformed file (``file:line: problem``).
-        LavicError: an extension other than ``.json`` / ``.jsonl``.
+        DataError: unreadable or malformed file (``file:line: problem``), or an extension other
+            than ``.json`` / ``.jsonl``.
     """
+    from lavic.data.loaders import load_item_meta
+
     path = Path(path)
-    if path.suffix == ".json":
-        return _read_train_json(path)
-    if path.suffix == ".jsonl":
-        return _read_valid_jsonl(path)
-    raise LavicError(f"{path}: expected a .json (item2meta_train) or .jsonl (item2meta_valid) file")
-
-
-def _read_text(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise DataError(path, "no such file") from None
-    except OSError as exc:
-        raise DataError(path, f"cannot read: {exc.strerror}") from None
-    except UnicodeDecodeError as exc:
-        raise DataError(path, f"not UTF-8 text ({exc.reason})") from None
-
-
-def _read_train_json(path: Path) -> list[ImageTarget]:
-    text = _read_text(path)
-    try:
-        data = json.loads(text)
-    except RecursionError:
-        raise DataError(path, "invalid JSON: nested too deeply") from None
-    except json.JSONDecodeError as exc:
-        raise DataError(path, f"invalid JSON: {exc.msg}", line=exc.lineno) from None
-    if not isinstance(data, dict):
-        raise DataError(path, f"expected an object mapping ASIN -> metadata, got {_kind(data)}")
     targets = []
-    for asin, meta in data.items():
-        if not isinstance(meta, dict):
-            raise DataError(path, f"item {asin!r}: metadata is {_kind(meta)}, expected an object")
-        images = meta.get("images")
-        if images is None:
-            continue
-        if not isinstance(images, list):
-            raise DataError(path, f"item {asin!r}: 'images' is {_kind(images)}, expected a list")
-        for k, image in enumerate(images):
-            if not isinstance(image, dict):
-                raise DataError(
-                    path, f"item {asin!r}: images[{k}] is {_kind(image)}, expected an object"
-                )
-            url = image.get("large")
-            if url is None or url == "":
-                continue
-            if not isinstance(url, str):
-                raise DataError(
-                    path, f"item {asin!r}: images[{k}].large is {_kind(url)}, expected a URL string"
-                )
-            if not _valid_unicode(asin + url):
-                raise DataError(path, f"item {asin!r}: unpaired surrogate in the id or images[{k}]")
-            targets.append(ImageTarget(url.strip(), f"{asin}_{k}.jpg", f"{path}: item {asin!r}"))
+    for item in load_item_meta(path).values():
+        for name in item.image_names:
+            url = item.image_urls.get(name)
+            if url and url.strip():
+                targets.append(ImageTarget(url.strip(), name, f"{path}: item {item.item_id!r}"))
     return targets
-
-
-def _read_valid_jsonl(path: Path) -> list[ImageTarget]:
-    text = _read_text(path)
-    targets = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except RecursionError:
-            raise DataError(path, "invalid JSON: nested too deeply", line=lineno) from None
-        except json.JSONDecodeError as exc:
-            raise DataError(
-                path, f"invalid JSON: {exc.msg} (column {exc.colno})", line=lineno
-            ) from None
-        if not isinstance(row, dict):
-            raise DataError(path, f"expected an object, got {_kind(row)}", line=lineno)
-        url = row.get("image")
-        if url is None or url == "":
-            continue
-        if not isinstance(url, str):
-            raise DataError(path, f"'image' is {_kind(url)}, expected a URL string", line=lineno)
-        name = row.get("image_name")
-        if not isinstance(name, str) or not name:
-            problem = "missing 'image_name'" if name is None else f"'image_name' is {_kind(name)}"
-            raise DataError(path, f"{problem}, expected a file name", line=lineno)
-        if not _valid_unicode(url + name):
-            raise DataError(path, "unpaired surrogate in 'image' or 'image_name'", line=lineno)
-        targets.append(ImageTarget(url.strip(), name, f"{path}:{lineno}"))
-    return targets
-
-
-def _valid_unicode(text: str) -> bool:
-    # A JSON escape like \ud83d alone is no character: it cannot name a file or be written.
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def _kind(value: Any) -> str:
-    return {dict: "an object", list: "a list", str: "a string", type(None): "null"}.get(
-        type(value), f"a {type(value).__name__}"
-    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -326,14 +237,18 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedIm
     The image is opened (header only), its pixel count checked against ``max_pixels`` before
     any pixel is decoded, then ``verify()``-ed and fully ``load()``-ed. An RGB JPEG is kept
     byte for byte (no generational loss; its sha256 matches the source); anything else
-    (palette, alpha, grayscale, CMYK, PNG, WebP...) is converted, alpha composited on white,
-    EXIF orientation applied, and re-encoded as JPEG.
+    (palette, alpha, grayscale, 16-bit, float, CMYK, PNG, WebP...) is converted by
+    :func:`lavic.data.images.to_rgb` (the conversion every reader of images uses: 16-bit and
+    float pixels scaled, not clipped; alpha composited on white), EXIF orientation applied,
+    and re-encoded as JPEG.
 
     Raises:
         FetchFailure: ``decompression_bomb``, ``not_image``, or ``truncated`` (a cut-short
             file, worth refetching).
     """
     from PIL import Image, ImageOps, UnidentifiedImageError
+
+    from lavic.data.images import to_rgb
 
     def check_size(im: Image.Image) -> None:
         width, height = im.size
@@ -352,7 +267,7 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedIm
             im.load()
             if im.format == "JPEG" and im.mode == "RGB":
                 return DecodedImage(data, im.width, im.height)
-            rgb = _to_rgb(ImageOps.exif_transpose(im))
+            rgb = to_rgb(ImageOps.exif_transpose(im))
     except FetchFailure:
         raise
     except Image.DecompressionBombError as exc:
@@ -366,18 +281,6 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedIm
     out = io.BytesIO()
     rgb.save(out, format="JPEG", quality=JPEG_QUALITY)
     return DecodedImage(out.getvalue(), rgb.width, rgb.height)
-
-
-def _to_rgb(im: Any) -> Any:
-    from PIL import Image
-
-    if im.mode == "P":
-        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
-    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        rgba = im.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return im.convert("RGB")
 
 
 def _sniff(data: bytes) -> str:

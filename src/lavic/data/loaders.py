@@ -7,8 +7,9 @@ Formats (see ``docs/data.md``):
   one or more candidate lists under ``candidates_*`` keys;
 * ``item2meta_train.json``: one JSON object, item id -> ``{title, images: [{large, ...}],
   image_descriptions_llava_cleaned: {image_name: text}, ...}``;
-* ``item2meta_valid.jsonl``: one image per line: ``title``, ``image_name`` (``<item>_<k>.jpg``),
-  ``image`` (URL), ``image_description_llava_cleaned``.
+* ``item2meta_valid.jsonl``: one image per line: ``title``, ``image_name`` (any file name; the
+  seed's are ``<item>_<k>.jpg``, which gives the item id), ``image`` (URL),
+  ``image_description_llava_cleaned``, and optionally ``item_id``.
 
 Strict mode (the default) raises :class:`lavic.errors.DataError` on the first bad record.
 Lenient mode skips bad records, counts them and keeps their messages in a
@@ -561,6 +562,26 @@ def _load_train_meta(path: Path, *, lenient: bool, report: LoadReport) -> dict[s
     return items
 
 
+def _valid_item_id(image_name: str, item_id: Any = None) -> str:
+    """The item an ``item2meta_valid.jsonl`` line belongs to.
+
+    An ``item_id`` key on the line (optional; the seed's files have none) wins. Otherwise a name
+    of the seed's form ``<item>_<k>.jpg`` gives ``<item>``; any other name (``mug-red.png``) is
+    an item of its own, identified by the name itself. The name is not checked for safety here:
+    every reader joins it onto its image folder with :func:`lavic.io.safe_join`, so a name that
+    would leave the folder is never opened (counted as ``unsafe``).
+
+    Raises:
+        _BadRecord: ``item_id`` given but not a non-empty string.
+    """
+    if item_id is not None:
+        if not isinstance(item_id, str) or not item_id.strip():
+            raise _BadRecord(f"key 'item_id' must be a non-empty string, got {_json_kind(item_id)}")
+        return item_id
+    match = IMAGE_NAME_RE.match(image_name)
+    return match["item"] if match is not None else image_name
+
+
 def _load_valid_meta(path: Path, *, lenient: bool, report: LoadReport) -> dict[str, ItemMeta]:
     # Each line is one image; an item's lines are merged in image-index order.
     titles: dict[str, str | None] = {}
@@ -571,9 +592,9 @@ def _load_valid_meta(path: Path, *, lenient: bool, report: LoadReport) -> dict[s
     for lineno, obj in _iter_jsonl_objects(path, lenient=lenient, report=report):
         try:
             image_name = _as_str(_require(obj, "image_name"), "image_name")
-            match = IMAGE_NAME_RE.match(image_name)
-            if match is None:
-                raise _BadRecord(f"image_name {image_name!r} is not of the form <item>_<k>.jpg")
+            if not image_name.strip():
+                raise _BadRecord("key 'image_name' is an empty string")
+            item_id = _valid_item_id(image_name, obj.get("item_id"))
             if image_name in seen:
                 raise _BadRecord(
                     f"duplicate image_name {image_name!r} (first on line {seen[image_name]})"
@@ -590,7 +611,6 @@ def _load_valid_meta(path: Path, *, lenient: bool, report: LoadReport) -> dict[s
             _reject(path, lineno, str(exc), lenient=lenient, report=report)
             continue
         seen[image_name] = lineno
-        item_id = match["item"]
         if titles.get(item_id) is None:
             titles[item_id] = title
         names.setdefault(item_id, []).append(image_name)
