@@ -1,7 +1,8 @@
 """``lavic demo``: the whole LaViC pipeline, end to end, on a synthetic catalogue.
 
-synthesize -> distill (stage 1) -> encode + tune (stage 2) -> evaluate, for every synthetic
-category. The text-only baseline is the same tuned model given the same prompt without the item
+synthesize -> distill (stage 1) -> the look-word check of stage 1 -> encode + tune (stage 2, one
+model on the train conversations of every category) -> evaluate on each category's test split.
+The text-only baseline is the same tuned model given the same prompt without the item
 tokens (``lavic tune --no_images`` trains the separate text-only ablation); then one table per category, ``results.json`` and
 ``report.md`` with its pictures. Offline and on CPU with the default ``tiny`` backbone; with
 ``--model_name llava-hf/llava-v1.6-mistral-7b-hf`` on a GPU the same command runs the real
@@ -25,6 +26,9 @@ log = logging.getLogger(__name__)
 
 CANDIDATE_TYPE = "candidates_st"
 RESULTS_FILE = "results.json"
+# The folder (under the catalogue) of every category's train/valid conversations: one
+# stage-2 model is tuned on all of them.
+TUNE_CATEGORY = "all_categories"
 REPORT_FILE = "report.md"
 # LLaVA-v1.6's full image tokens for its largest anyres layout (5 views x 577, as the paper
 # counts them); the processor's exact count for the demo's images is reported beside it.
@@ -55,7 +59,10 @@ class Args:
     distill_steps: int = field(default=40, metadata={"help": "stage-1 optimizer steps"})
     distill_batch_size: int = field(default=4, metadata={"help": "stage-1 images per step"})
     distill_lr: float = field(default=1e-3, metadata={"help": "stage-1 learning rate"})
-    tune_steps: int = field(default=20, metadata={"help": "stage-2 optimizer steps per category"})
+    tune_steps: int = field(
+        default=60,
+        metadata={"help": "stage-2 optimizer steps of the one model tuned on every category"},
+    )
     tune_lr: float = field(default=5e-4, metadata={"help": "stage-2 learning rate"})
     max_length: int = field(default=2048, metadata={"help": "prompt + answer token budget"})
     decoding: Literal["score", "constrained", "generate"] = field(
@@ -120,6 +127,41 @@ def _distill(args: Args, data: Path, out: Path) -> Path:
         )
     )
     return best
+
+
+def _all_categories(data: Path, categories: list[str]) -> str:
+    """A category folder holding the train and valid conversations of every category, so one
+    stage-2 model learns from all of them (conversations are self-contained records; the items
+    are shared through ``item2meta_train.json``). Returns its name."""
+    folder = data / TUNE_CATEGORY
+    for split in ("train", "valid"):
+        target = folder / f"{split}.jsonl"
+        if target.is_file():
+            continue
+        parts = [(data / c / f"{split}.jsonl").read_text(encoding="utf-8") for c in categories]
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(target, "".join(p if p.endswith("\n") else p + "\n" for p in parts))
+    return TUNE_CATEGORY
+
+
+def _stage1_looks(args: Args, stage1: Path, data: Path) -> dict[str, Any] | None:
+    """Stage 1's visual check on the look words: their NLL given the distilled tokens of the
+    item's own image and of another item's (:func:`lavic.pretrain.measure.look_word_nll`)."""
+    from lavic.model.backbone import load_backbone
+    from lavic.pretrain.captions import catalogue_samples
+    from lavic.pretrain.measure import look_word_nll
+
+    path = stage1.parent / "look_words.json"
+    if path.is_file():
+        return json.loads(path.read_text(encoding="utf-8"))
+    backbone = load_backbone(str(stage1))
+    samples = catalogue_samples(data, style=args.style, split="valid")
+    looks = {
+        f"student_{mode}": look_word_nll(backbone, samples, image_mode=mode, style=args.style)
+        for mode in ("real", "shuffled")
+    }
+    atomic_write_json(path, looks)
+    return looks
 
 
 def _tune(
@@ -196,8 +238,9 @@ def run(args: Args) -> int:
     # The clock starts before the catalogue, so the first estimate of the time left counts it.
     clock = StageClock(
         # relative costs: the minutes each stage took with `tiny` on an idle 2-core CPU
-        [("synthetic catalogue", 0.35), ("stage 1: distill", 2.0)]
-        + [(f"{c}: {s}", w) for c in planned for s, w in (("tune", 1.8), ("evaluate", 1.0))]
+        [("synthetic catalogue", 0.35), ("stage 1: distill", 3.0), ("stage 1: look words", 0.6)]
+        + [("stage 2: tune (all categories)", 5.0)]
+        + [(f"{c}: evaluate", 1.0) for c in planned]
         + [("report", 0.3)]
     )
     clock.begin("synthetic catalogue")
@@ -225,15 +268,25 @@ def run(args: Args) -> int:
     stage1 = _distill(args, data, out / "distill")
     clock.end()
 
+    clock.begin("stage 1: look words")
+    looks = _stage1_looks(args, stage1, data)
+    real, other = looks["student_real"], looks["student_shuffled"]
+    print(
+        f"\nstage 1, look words' NLL per token: own image {real['look_nll']:.2f}, "
+        f"another item's image {other['look_nll']:.2f}"
+    )
+    clock.end()
+
     cache_dir = out / "item_tokens"  # one cache: every category reads the same stage-1 tokens
-    results: dict[str, Any] = {}
+    clock.begin("stage 2: tune (all categories)")
+    tune_dir = out / "tune"
+    lavic_dir = _tune(
+        args, stage1, data, _all_categories(data, categories), tune_dir, cache_dir=cache_dir
+    )
+    clock.end()
+    results: dict[str, Any] = {"stage1_look_words": looks}
     evaluations: dict[str, dict[str, Any]] = {}
     for category in categories:
-        clock.begin(f"{category}: tune")
-        lavic_dir = _tune(
-            args, stage1, data, category, out / category / "lavic", cache_dir=cache_dir
-        )
-        clock.end()
         clock.begin(f"{category}: evaluate")
         metrics = evaluate_split(
             model_dir=lavic_dir,
@@ -272,7 +325,15 @@ def run(args: Args) -> int:
     budget = _token_budget(stage1, data)
     from lavic.demo_report import write_report
 
-    report = write_report(out, categories, evaluations, budget, stage1_dir=out / "distill")
+    report = write_report(
+        out,
+        categories,
+        evaluations,
+        budget,
+        stage1_dir=out / "distill",
+        tune_dir=tune_dir,
+        stage1_looks=looks,
+    )
     clock.end()
     print(
         f"\nvisual tokens per candidate: LaViC {budget['lavic_tokens_per_candidate']}, "

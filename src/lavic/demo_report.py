@@ -67,7 +67,7 @@ def _read_json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
-def plot_training(out: Path, categories: list[str], stage1_dir: Path, path: Path) -> None:
+def plot_training(stage1_dir: Path, tune_dir: Path, path: Path) -> None:
     plt = _pyplot()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8))
     stage1 = _read_json(stage1_dir / "metrics.json")
@@ -99,14 +99,14 @@ def plot_training(out: Path, categories: list[str], stage1_dir: Path, path: Path
         ylabel="description NLL / token",
     )
     ax1.legend(fontsize=8)
-    for category in categories:
-        steps = _read_json(out / category / "lavic" / "metrics.json").get("train_steps", [])
-        if steps:
-            ax2.plot([s["step"] for s in steps], [s["train_loss"] for s in steps], label=category)
+    steps = _read_json(tune_dir / "metrics.json").get("train_steps", [])
+    if steps:
+        ax2.plot([s["step"] for s in steps], [s["train_loss"] for s in steps], color="#43a047")
     ax2.set(
-        title="Stage 2: recommendation prompt tuning", xlabel="step", ylabel="answer NLL / token"
+        title="Stage 2: recommendation prompt tuning (all categories)",
+        xlabel="step",
+        ylabel="answer NLL / token",
     )
-    ax2.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -216,6 +216,21 @@ def plot_examples(
     plt.close(fig)
 
 
+def _look_lines(looks: dict[str, dict[str, float]] | None) -> list[str]:
+    """The stage-1 paragraph on the look words (colour, pattern) alone, if measured."""
+    if not looks:
+        return []
+    real, other = looks["student_real"], looks["student_shuffled"]
+    return [
+        "Most description tokens are template words that do not depend on the image; the look "
+        "words do. Their NLL per token after distillation, given the item's own image "
+        f"**{real['look_nll']:.2f}**, given another item's image **{other['look_nll']:.2f}** "
+        f"({real['look_tokens']} look-word tokens; the rest: {real['other_nll']:.2f} and "
+        f"{other['other_nll']:.2f}).",
+        "",
+    ]
+
+
 def write_report(
     out: Path,
     categories: list[str],
@@ -223,9 +238,11 @@ def write_report(
     budget: dict[str, Any],
     *,
     stage1_dir: Path,
+    tune_dir: Path,
+    stage1_looks: dict[str, dict[str, float]] | None = None,
 ) -> Path:
     """Write ``report.md`` and its PNGs into ``out``; returns the report's path."""
-    plot_training(out, categories, stage1_dir, out / "training_curves.png")
+    plot_training(stage1_dir, tune_dir, out / "training_curves.png")
     plot_results(categories, evaluations, out / "results.png")
     plot_examples(out, categories, out / "data", out / "examples.png")
     stage1 = _read_json(stage1_dir / "metrics.json")
@@ -235,7 +252,8 @@ def write_report(
         "A synthetic catalogue whose titles do not reveal an item's look while the conversations "
         "ask for it: text alone cannot tell the candidates apart, the images can. Test answers "
         "and test candidates were never an answer in training (cold items). Text-only is the "
-        "same tuned model given the prompt without the five item tokens.",
+        "same tuned model given the prompt without the five item tokens. One stage-2 model is "
+        "tuned on the train conversations of every category and tested on each.",
         "",
         "## Results (test split, Recall@1 / Validity@1)",
         "",
@@ -272,6 +290,7 @@ def write_report(
         "tokens given another item's image (the control: how much of the gain is visual) "
         f"**{(stage1.get('val_ppl_best_mismatched') or float('nan')):.2f}**.",
         "",
+        *_look_lines(stage1_looks),
         "![training curves](training_curves.png)",
         "",
         "## Token budget per candidate",
