@@ -16,18 +16,26 @@ SMALL_DEMO = [
 ]  # fmt: skip
 
 
-@pytest.mark.slow
 def _files_and_mtimes(*folders: Path) -> dict[str, int]:
     return {
         str(p): p.stat().st_mtime_ns for folder in folders for p in folder.rglob("*") if p.is_file()
     }
 
 
+@pytest.mark.slow
 def test_demo_end_to_end_writes_results_and_report(tmp_path, capsys, caplog):
     out = tmp_path / "demo"
     assert main(["demo", "--output_dir", str(out), *SMALL_DEMO]) == 0
     results = json.loads((out / "results.json").read_text())
-    assert set(results) == {"synthetic_home"}
+    assert set(results) == {"synthetic_home", "stage1_look_words"}
+    looks = results["stage1_look_words"]
+    assert set(looks) == {"student_real", "student_shuffled"}
+    assert looks["student_real"]["look_tokens"] > 0
+    assert all(looks[k]["look_nll"] > 0 for k in looks)  # measured (tiny-random: no signal)
+    # one stage-2 model, tuned on the train conversations of every category
+    combined = out / "data" / "all_categories" / "train.jsonl"
+    home = out / "data" / "synthetic_home" / "train.jsonl"
+    assert combined.read_text() == home.read_text()
     row = results["synthetic_home"]
     assert set(row) == {"lavic", "text_only", "random", "retriever_first", "ceiling"}
     for method in ("lavic", "text_only", "random", "retriever_first"):
@@ -44,16 +52,16 @@ def test_demo_end_to_end_writes_results_and_report(tmp_path, capsys, caplog):
     # A second run reuses every finished stage: it says so for stage 1 and stage 2, and leaves
     # the catalogue and both artefacts untouched (evaluation and the report are redone).
     stage1 = out / "distill" / "vision_lora_adapter_best"
-    stage2 = out / "synthetic_home" / "lavic" / "trained_lora_adapter"
+    stage2 = out / "tune" / "trained_lora_adapter"
     assert (stage1 / "lavic.json").is_file() and (stage2 / "lavic.json").is_file()
-    finished = _files_and_mtimes(out / "data", out / "distill", out / "synthetic_home" / "lavic")
+    finished = _files_and_mtimes(out / "data", out / "distill", out / "tune")
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="lavic"):
         assert main(["demo", "--output_dir", str(out), *SMALL_DEMO]) == 0
     reused = [r.getMessage() for r in caplog.records if "already" in r.getMessage()]
     assert any(str(stage1) in m for m in reused), reused
     assert any(str(stage2) in m for m in reused), reused
-    again = _files_and_mtimes(out / "data", out / "distill", out / "synthetic_home" / "lavic")
+    again = _files_and_mtimes(out / "data", out / "distill", out / "tune")
     assert again == finished
 
 
