@@ -60,7 +60,7 @@ class Args:
     distill_batch_size: int = field(default=4, metadata={"help": "stage-1 images per step"})
     distill_lr: float = field(default=1e-3, metadata={"help": "stage-1 learning rate"})
     tune_steps: int = field(
-        default=60,
+        default=30,
         metadata={"help": "stage-2 optimizer steps of the one model tuned on every category"},
     )
     tune_lr: float = field(default=5e-4, metadata={"help": "stage-2 learning rate"})
@@ -238,9 +238,9 @@ def run(args: Args) -> int:
     # The clock starts before the catalogue, so the first estimate of the time left counts it.
     clock = StageClock(
         # relative costs: the minutes each stage took with `tiny` on an idle 2-core CPU
-        [("synthetic catalogue", 0.35), ("stage 1: distill", 3.0), ("stage 1: look words", 0.6)]
-        + [("stage 2: tune (all categories)", 5.0)]
-        + [(f"{c}: evaluate", 1.0) for c in planned]
+        [("synthetic catalogue", 0.2), ("stage 1: distill", 3.6), ("stage 1: look words", 0.4)]
+        + [("stage 2: tune (all categories)", 4.0)]
+        + [(f"{c}: evaluate", 1.5) for c in planned]
         + [("report", 0.3)]
     )
     clock.begin("synthetic catalogue")
