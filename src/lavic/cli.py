@@ -54,6 +54,20 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Logs to ``sys.stderr`` as it is when a record is written, not as it was when logging was
+    set up: a caller that swaps stderr (a test capturing it, a notebook) and later closes its
+    stream never leaves a handler writing into a closed file."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler.__init__ assigns it; the property wins
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if not a.startswith("-")), None)
@@ -65,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if namespace.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
+        handlers=[_StderrHandler()],
     )
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if namespace.command is None:

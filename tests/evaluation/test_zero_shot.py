@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from lavic.cli import main
-from tune.fixtures import CATEGORY, write_catalogue, write_stage1_artifact
+from lora_artefacts import write_stage1_artifact
+from tune.fixtures import CATEGORY, write_catalogue
 
 torch.set_num_threads(1)
 

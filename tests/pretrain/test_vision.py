@@ -20,9 +20,9 @@ from lavic.pretrain.captions import (
     look_words,
     write_pretraining_catalogue,
 )
-from lavic.pretrain.measure import teacher_perplexity, text_selection_prompt
+from lavic.pretrain.measure import teacher_perplexity
 from lavic.pretrain.vision import PretrainConfig, pretrain
-from lavic.prompts import teacher_prompt
+from lavic.prompts import teacher_prompt, text_selection_prompt
 
 
 def _image(size, rgb=(200, 40, 40), stripes=False):

@@ -43,6 +43,7 @@ from transformers.models.llava_next.image_processing_pil_llava_next import (
     LlavaNextImageProcessorPil,
 )
 
+from lavic.artifacts import ADAPTER_WEIGHTS
 from lavic.errors import LavicError
 from lavic.io import atomic_write_json
 from lavic.model.backbone import Backbone, add_item_tokens
@@ -60,7 +61,7 @@ WEIGHTS_FILE = "vision.safetensors"  # vision tower + projector + image_newline
 METRICS_FILE = "metrics.json"  # how the shipped weights were made and what they measured
 # The language model's instruction LoRA (a PEFT adapter folder), merged into the weights at load.
 LM_ADAPTER_DIR = "lm_adapter"
-LM_ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+LM_ADAPTER_FILES = ("adapter_config.json", ADAPTER_WEIGHTS)
 CACHE_ENV = "LAVIC_CACHE"
 CACHE_MANIFEST = "lavic_tiny.json"
 # Bump when the assembled layout changes, so stale caches are not reused.
@@ -275,6 +276,8 @@ def merge_lm_adapter(model: LlavaNextForConditionalGeneration, adapter_dir: Path
         raise LavicError(f"{config_path}: unreadable LM adapter config ({exc})") from None
     if "language_model" not in str(targets):
         raise LavicError(f"{config_path}: the tiny LM adapter must target the language model only")
+    if not (adapter_dir / ADAPTER_WEIGHTS).is_file():  # never a pickled adapter_model.bin
+        raise LavicError(f"{adapter_dir}: no {ADAPTER_WEIGHTS} (only safetensors adapters load)")
     merged = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
     for name, _ in merged.named_parameters():
         if "lora_" in name:

@@ -26,12 +26,7 @@ from lavic.pretrain.captions import (
     caption_nll,
     look_words,
 )
-from lavic.prompts import (
-    RECOMMEND_CANDIDATE_TEXT_ONLY,
-    RECOMMEND_PROMPT_HEAD,
-    RECOMMEND_SUFFIX,
-    teacher_prompt,
-)
+from lavic.prompts import teacher_prompt, text_selection_prompt
 
 log = logging.getLogger(__name__)
 
@@ -125,29 +120,6 @@ def description_look_accuracy(
         "chance_pattern": round(1 / len(patterns), 4),
         "examples": examples,
     }
-
-
-def text_selection_prompt(
-    conversation: str, candidates: Sequence[tuple[str, str, str]], *, chat_tokenizer=None
-) -> str:
-    """The seed's recommendation prompt with each candidate's description in words.
-
-    Args:
-        conversation: the thread.
-        candidates: ``(item_id, title, description)`` in the order shown.
-        chat_tokenizer: wrap the prompt in this tokenizer's chat template (the user turn),
-            instead of the seed's raw ``Assistant:`` suffix.
-    """
-    body = "".join(
-        RECOMMEND_CANDIDATE_TEXT_ONLY.format(item_id=i, title=t) + d + "\n"
-        for i, t, d in candidates
-    )
-    text = RECOMMEND_PROMPT_HEAD.format(conversation=conversation) + body
-    if chat_tokenizer is None:
-        return text + RECOMMEND_SUFFIX
-    return chat_tokenizer.apply_chat_template(
-        [{"role": "user", "content": text.rstrip("\n")}], tokenize=False, add_generation_prompt=True
-    )
 
 
 @torch.no_grad()

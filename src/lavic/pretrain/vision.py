@@ -78,6 +78,14 @@ def _word_token_targets(
     return targets, torch.tensor(list(table))
 
 
+def _optimizer_step(opt, loss: torch.Tensor, params, max_grad_norm: float) -> None:
+    """One clipped AdamW step on ``loss`` (every phase here takes the same kind of step)."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    opt.step()
+
+
 def _patch_tokens(llava, pixel_values: torch.Tensor) -> torch.Tensor:
     """Projected patch tokens of views ``(V, C, s, s)``: ``(V, P, D)``, before anyres packing
     (the features ``get_image_features`` packs: layer -2, [CLS] dropped)."""
@@ -169,10 +177,7 @@ def pretrain(
             g["lr"] = config.align_lr * _schedule(step, config.align_steps, config.warmup_fraction)
         idx = rng.sample(range(len(encoded)), min(config.align_batch_size, len(encoded)))
         loss = align_loss(idx)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-        opt.step()
+        _optimizer_step(opt, loss, params, config.max_grad_norm)
         losses.append(loss.item())
         if step % 50 == 0:
             bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.3f}")
@@ -219,10 +224,7 @@ def pretrain(
             # Keeps the image tokens readable as look words while the caption loss, which
             # most of the description's (template) tokens dominate, shapes them.
             loss = loss + config.align_weight * align_loss(idx)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-        opt.step()
+        _optimizer_step(opt, loss, params, config.max_grad_norm)
         losses.append(loss.item())
         if step % 10 == 0:
             bar.set_postfix(loss=f"{_mean(caption_losses[-20:]):.3f}")
@@ -381,10 +383,7 @@ def warm_start_item_tokens(
             g["lr"] = config.lr * _schedule(step, config.steps, config.warmup_fraction)
         idx = rng.sample(range(len(samples)), min(config.batch_size, len(samples)))
         loss, acc = loss_of(idx)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-        opt.step()
+        _optimizer_step(opt, loss, params, config.max_grad_norm)
         losses.append(loss.item())
         accs.append(acc)
         if step % 20 == 0:
