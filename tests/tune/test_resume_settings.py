@@ -15,6 +15,7 @@ def test_resume_with_other_lora_settings_is_refused(stage1, catalogue, tmp_path:
     assert (out / "checkpoints" / "last.ckpt").is_file()
     capsys.readouterr()
     assert tune(stage1, catalogue, out, *common, "--lora_r", "2", "--resume") == 2
-    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
-    assert len(errors) == 1 and errors[0].startswith("lavic tune: error: checkpoint does not")
+    err = capsys.readouterr().err.splitlines()
+    errors = [line for line in err if line.startswith("lavic tune: error")]
+    assert len(errors) == 1 and "checkpoint does not match" in errors[0]
     assert "of another shape" in errors[0] and "--lora_*" in errors[0]

