@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from lavic.artifacts import ARTIFACT_FILE
 from lavic.errors import LavicError
 from lavic.io import atomic_write_json, atomic_write_text
 
@@ -106,7 +107,7 @@ def _distill(args: Args, data: Path, out: Path) -> Path:
     from lavic.distill import train as distill
 
     best = out / distill.BEST_DIR
-    if (best / "lavic.json").is_file():
+    if (best / ARTIFACT_FILE).is_file():
         log.info("stage 1 already done: %s", best)
         return best
     distill.run(
@@ -176,7 +177,7 @@ def _tune(
     from lavic.tune import train as tune
 
     adapter = out / tune.ADAPTER_DIR
-    if (adapter / "lavic.json").is_file():
+    if (adapter / ARTIFACT_FILE).is_file():
         log.info("already tuned: %s", adapter)
         return adapter
     tune.run(
