@@ -37,6 +37,15 @@ log = logging.getLogger(__name__)
 ImageMode = Literal["real", "blank", "shuffled"]
 
 
+def derangement(images: Sequence[Image.Image], seed: int) -> list[Image.Image]:
+    """Every item gets the next one's image in a random cycle: nobody keeps its own (the
+    "another item's image" control)."""
+    order = list(range(len(images)))
+    random.Random(seed).shuffle(order)
+    by = {order[i]: images[order[(i + 1) % len(order)]] for i in range(len(order))}
+    return [by[i] for i in range(len(images))]
+
+
 @torch.no_grad()
 def teacher_perplexity(
     backbone: Backbone,
@@ -57,11 +66,7 @@ def teacher_perplexity(
     if image_mode == "blank":
         images = [Image.new("RGB", im.size, (255, 255, 255)) for im in images]
     elif image_mode == "shuffled":
-        order = list(range(len(images)))
-        random.Random(seed).shuffle(order)
-        # each item gets the next one's image in a random cycle: nobody keeps its own
-        images_by = {order[i]: images[order[(i + 1) % len(order)]] for i in range(len(order))}
-        images = [images_by[i] for i in range(len(images))]
+        images = derangement(images, seed)
     total, count = 0.0, 0
     pad_id = backbone.tokenizer.pad_token_id
     for i in range(0, len(samples), batch_size):
@@ -246,10 +251,7 @@ def look_word_nll(
     )
     images = [s.image for s in samples]
     if image_mode == "shuffled":
-        order = list(range(len(images)))
-        random.Random(seed).shuffle(order)
-        by = {order[i]: images[order[(i + 1) % len(order)]] for i in range(len(order))}
-        images = [by[i] for i in range(len(images))]
+        images = derangement(images, seed)
     tok = backbone.tokenizer
     llava = backbone.model
     if path == "student":
