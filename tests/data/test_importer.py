@@ -325,3 +325,24 @@ def test_link_images_hard_links_kept_jpegs_and_still_converts_the_rest(table, tm
     # A second import over the first replaces each file whole (no temporaries left).
     _import(table.csv_path, table, out, lenient=True, link_images=True, workers=1)
     assert not [p for p in images.iterdir() if p.name.startswith(".")]
+
+
+def test_the_walk_through_example_imports_as_docs_own_catalogue_says(tmp_path, capsys):
+    """docs/own-catalogue.md shows these outputs; this keeps the example and the page true."""
+    example = Path(__file__).resolve().parents[2] / "examples" / "own-catalogue"
+    argv = [
+        "import-catalogue", "--table_path", str(example / "products.csv"),
+        "--output_dir", str(tmp_path / "catalogue"), "--id_column", "sku",
+        "--title_column", "name", "--image_column", "picture",
+        "--images_root", str(example / "pictures"),
+    ]  # fmt: skip
+    assert main(argv) == 2
+    assert "products.csv: row 14: empty item id (column 'sku')" in capsys.readouterr().err
+    assert main([*argv, "--lenient"]) == 0
+    printed = capsys.readouterr().out
+    for line in ("rows read:      21", "items written:  20", "copied:       19", "missing: 1"):
+        assert line in printed
+    report = json.loads((tmp_path / "catalogue" / REPORT_FILE).read_text())
+    assert report["image_failures"][0].endswith(
+        "products.csv: row 21: no such file " + str(example / "pictures" / "bottle-yellow.jpg")
+    )
