@@ -119,6 +119,10 @@ class Args:
     instruct_lr: float = field(
         default=InstructConfig.lr, metadata={"help": "instruct: learning rate"}
     )
+    instruct_schedule: str = field(
+        default=InstructConfig.lr_schedule,
+        metadata={"help": "instruct: learning-rate schedule after the warm-up (constant, cosine)"},
+    )
     instruct_rank: int = field(
         default=InstructConfig.rank, metadata={"help": "instruct: LoRA rank"}
     )
@@ -279,6 +283,7 @@ def run_instruct(args: Args, assets: Path, work: Path) -> int:
     config = InstructConfig(
         curriculum=args.curriculum,
         lr=args.instruct_lr,
+        lr_schedule=args.instruct_schedule,
         rank=args.instruct_rank,
         alpha=2 * args.instruct_rank,
         eval_every=args.eval_every,
