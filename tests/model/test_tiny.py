@@ -92,6 +92,20 @@ def test_shipped_assets_are_small_and_fit_the_model():
     assert metrics["pretrain"]["catalogue_seed"] >= 100  # never a demo / evaluation seed
 
 
+def test_shipped_lm_adapter_is_a_small_safetensors_lora_of_the_language_model():
+    adapter = tiny.lm_adapter_dir(tiny.ASSETS_DIR)
+    assert adapter is not None, "tiny ships its LM instruction LoRA (docs/tiny.md)"
+    assert sorted(p.name for p in adapter.iterdir()) == sorted(tiny.LM_ADAPTER_FILES)
+    assert sum(p.stat().st_size for p in adapter.iterdir()) < 30e6
+    weights = load_file(str(adapter / tiny.ADAPTER_WEIGHTS))
+    assert weights and all("language_model" in k and "lora_" in k for k in weights)
+    assert {v.dtype for v in weights.values()} == {torch.float16}
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    assert "language_model" in config["target_modules"] and "vision" not in config["target_modules"]
+    record = json.loads((tiny.ASSETS_DIR / tiny.METRICS_FILE).read_text())["instruct"]
+    assert record["config"]["train_seed"] >= 1000 and record["config"]["eval_seed"] >= 1000
+
+
 def test_unexpected_or_missing_vision_weights_are_refused():
     spec, state = tiny.read_assets()
     model = _one_layer_llava(spec)

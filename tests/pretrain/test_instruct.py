@@ -102,6 +102,8 @@ def test_instruct_trains_only_the_lm_lora_checkpoints_and_resumes(tmp_path):
     assert all(torch.equal(vision_before[k], after[k]) for k in vision_before)
     state = json.loads((tmp_path / "w" / "checkpoint" / "state.json").read_text())
     assert state["seen"] == 12
+    # the training time goes on from the checkpoint's, not from the last measurement's
+    assert state["train_s"] >= curve[-1]["train_s"] > 0
     # resume from the finished checkpoint: nothing left to train, the same curve comes back
     b2 = build_tiny_random(seed=3)
     model2, record2 = ins.instruct(b2, config, work_dir=tmp_path / "w", resume=True)

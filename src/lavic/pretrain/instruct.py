@@ -288,6 +288,7 @@ def save_adapter(model, out_dir: Path, *, dtype: torch.dtype = torch.float16) ->
     tmp = out_dir.with_name(f".{out_dir.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(str(tmp), safe_serialization=True)
+    (tmp / "README.md").unlink(missing_ok=True)  # PEFT's empty model-card template
     weights = tmp / "adapter_model.safetensors"
     state = {k: v.to(dtype).contiguous() for k, v in load_file(str(weights)).items()}
     save_file(state, str(weights), metadata={"format": "pt", "lavic": "tiny LM instruction LoRA"})
@@ -297,13 +298,15 @@ def save_adapter(model, out_dir: Path, *, dtype: torch.dtype = torch.float16) ->
     os.replace(tmp, out_dir)
 
 
-def _save_checkpoint(model, opt, ckpt: Path, seen: int, curve: list[dict[str, Any]]) -> None:
+def _save_checkpoint(
+    model, opt, ckpt: Path, seen: int, curve: list[dict[str, Any]], train_s: float
+) -> None:
     tmp = ckpt.with_name(f".{ckpt.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     model.save_pretrained(str(tmp / "adapter"), safe_serialization=True)
     torch.save(opt.state_dict(), tmp / "optimizer.pt")
-    atomic_write_json(tmp / "state.json", {"seen": seen, "curve": curve})
+    atomic_write_json(tmp / "state.json", {"seen": seen, "curve": curve, "train_s": train_s})
     shutil.rmtree(ckpt, ignore_errors=True)
     os.replace(tmp, ckpt)
 
@@ -343,10 +346,12 @@ def instruct(
     log.info("instruction LoRA: %d trainable parameters", sum(p.numel() for p in params))
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     ckpt = work_dir / "checkpoint"
-    seen, curve = 0, []
+    seen, curve, train_s = 0, [], 0.0
     if resume and (ckpt / "state.json").is_file():
         state = json.loads((ckpt / "state.json").read_text())
         seen, curve = state["seen"], state["curve"]
+        # (checkpoints before train_s was saved: the last measurement's, an underestimate)
+        train_s = state.get("train_s", curve[-1]["train_s"] if curve else 0.0)
         set_peft_model_state_dict(
             model, load_file(str(ckpt / "adapter" / "adapter_model.safetensors"))
         )
@@ -357,7 +362,6 @@ def instruct(
         acc = selection_accuracy(model, backbone, test, max_length=config.max_length)
         curve.append({"samples": 0, "accuracy": round(acc, 4), "train_s": 0.0})
         log.info("samples 0: accuracy %.3f", acc)
-    train_s = curve[-1]["train_s"]
     next_eval = (seen // config.eval_every + 1) * config.eval_every
     last_ckpt = time.monotonic()
     losses: list[float] = []
@@ -395,7 +399,7 @@ def instruct(
             with (work_dir / "curve.jsonl").open("a") as f:
                 f.write(json.dumps(curve[-1]) + "\n")
         if time.monotonic() - last_ckpt > config.checkpoint_minutes * 60 or seen >= len(train):
-            _save_checkpoint(model, opt, ckpt, seen, curve)
+            _save_checkpoint(model, opt, ckpt, seen, curve, train_s)
             last_ckpt = time.monotonic()
     bar.close()
     model.eval()
