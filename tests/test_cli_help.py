@@ -5,7 +5,7 @@ shared (issue 12): the stage Args are now composed from shared groups, and this 
 ``python tests/test_cli_help.py --write``; regenerate it only for a deliberate change of flags.
 Deliberate changes since: ``import-catalogue`` (new command); ``build-tiny`` (the
 ``item_tokens`` and ``instruct`` modes and their flags,
-``--instruct_schedule``); ``synthesize --title_look``; ``demo
+``--instruct_schedule``, ``--describe_weight``); ``synthesize --title_look``; ``demo
 --tune_steps`` (one stage-2 model for every category); ``distill``/``tune --precision`` (one
 list of choices for both stages, the default unchanged).
 """

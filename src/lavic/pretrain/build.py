@@ -123,6 +123,13 @@ class Args:
         default=InstructConfig.lr_schedule,
         metadata={"help": "instruct: learning-rate schedule after the warm-up (constant, cosine)"},
     )
+    describe_weight: float = field(
+        default=InstructConfig.describe_weight,
+        metadata={
+            "help": "instruct: weight of the teacher-path description loss trained beside the "
+            "selection (keeps the LM describing; 0: off)"
+        },
+    )
     instruct_rank: int = field(
         default=InstructConfig.rank, metadata={"help": "instruct: LoRA rank"}
     )
@@ -284,13 +291,28 @@ def run_instruct(args: Args, assets: Path, work: Path) -> int:
         curriculum=args.curriculum,
         lr=args.instruct_lr,
         lr_schedule=args.instruct_schedule,
+        describe_weight=args.describe_weight,
         rank=args.instruct_rank,
         alpha=2 * args.instruct_rank,
         eval_every=args.eval_every,
         eval_conversations=args.eval_conversations,
         seed=args.seed,
     )
-    model, record = instruct(backbone, config, work_dir=work / "instruct", resume=args.resume)
+    captions, held = (), ()
+    if config.describe_weight > 0:
+        root = work / f"synthetic-{args.catalogue_seed}"
+        if not (root / "item2meta_train.json").is_file():
+            write_pretraining_catalogue(root, args.catalogue_seed)
+        captions = catalogue_samples(root)
+        held = catalogue_samples(root, split="valid")[: args.eval_items // 2]
+    model, record = instruct(
+        backbone,
+        config,
+        work_dir=work / "instruct",
+        resume=args.resume,
+        captions=captions,
+        held_captions=held,
+    )
     save_adapter(model, assets / LM_ADAPTER_DIR)
     _update_metrics(assets, "instruct", record)
     print(json.dumps(record["curve"], indent=2))

@@ -126,13 +126,25 @@ def _collate(rows: Sequence[_Encoded], pad_id: int, head_len: int) -> dict[str, 
     }
 
 
+def with_head(row: _Encoded, head: PromptHead) -> _Encoded:
+    """``row`` with the shared head's ids in front: for a language model that trains (its
+    LoRA changes the head's keys/values, so they cannot be cached); collate with head_len 0."""
+    return _Encoded(
+        input_ids=head.ids + row.input_ids,
+        labels=[IGNORE_INDEX] * len(head.ids) + row.labels,
+        pixel_values=row.pixel_values,
+        image_size=row.image_size,
+    )
+
+
 def caption_nll(
-    backbone: Backbone, head: PromptHead, batch: dict[str, torch.Tensor]
+    backbone: Backbone, head: PromptHead | None, batch: dict[str, torch.Tensor]
 ) -> tuple[torch.Tensor, int]:
     """Summed negative log-likelihood of the batch's description tokens (and their count).
 
-    Logits are computed only where a label is, not over the whole prompt (the vocabulary
-    projection is a fifth of the model's FLOPs per position).
+    ``head``: the cached shared head (rows collated after it), or None for rows that hold it
+    (:func:`with_head`). Logits are computed only where a label is, not over the whole prompt
+    (the vocabulary projection is a fifth of the model's FLOPs per position).
     """
     llava = backbone.model
     ids = batch["input_ids"]
@@ -141,7 +153,7 @@ def caption_nll(
         attention_mask=batch["attention_mask"],
         pixel_values=batch["pixel_values"],
         image_sizes=batch["image_sizes"],
-        cache=head.expand(ids.shape[0]),
+        cache=head.expand(ids.shape[0]) if head is not None else None,
         use_cache=False,
     )
     hidden = out.last_hidden_state  # (B, T, D)
