@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import pytest
 import torch
@@ -138,6 +139,9 @@ def test_cache_key_follows_the_weights(tmp_path):
     spec, state = tiny.read_assets()
     for name in (tiny.SPEC_FILE, tiny.WEIGHTS_FILE):
         (tmp_path / name).write_bytes((tiny.ASSETS_DIR / name).read_bytes())
+    # without the LM adapter: another model, another key
+    assert tiny.cache_key(tmp_path) != tiny.cache_key(tiny.ASSETS_DIR)
+    shutil.copytree(tiny.ASSETS_DIR / tiny.LM_ADAPTER_DIR, tmp_path / tiny.LM_ADAPTER_DIR)
     assert tiny.cache_key(tmp_path) == tiny.cache_key(tiny.ASSETS_DIR)
     state["image_newline"] = state["image_newline"] + 1
     save_file(state, str(tmp_path / tiny.WEIGHTS_FILE))
