@@ -29,7 +29,6 @@ def test_curriculum_is_parsed_and_checked():
             ins.parse_curriculum(bad)
 
 
-
 def test_learning_rate_warms_up_then_holds_or_decays():
     constant = ins.InstructConfig(warmup_samples=40, batch_size=4)
     cosine = ins.InstructConfig(warmup_samples=40, batch_size=4, lr_schedule="cosine")
@@ -41,6 +40,7 @@ def test_learning_rate_warms_up_then_holds_or_decays():
     assert decayed == pytest.approx([1.0, 0.55, 0.1])
     with pytest.raises(LavicError, match="lr_schedule"):
         ins.instruct(None, ins.InstructConfig(lr_schedule="linear"), work_dir=None)
+
 
 def test_selection_samples_hold_the_answer_and_the_look_in_words():
     rows = ins.selection_samples(1100, "train", 30, 4, ins.LOOK_FORMATS)

@@ -305,7 +305,9 @@ class DescribeRetention:
         from lavic.pretrain.captions import _collate, caption_nll
 
         n = len(self.order)
-        rows = [self.train[self.order[(step * self.batch_size + k) % n]] for k in range(self.batch_size)]
+        rows = [
+            self.train[self.order[(step * self.batch_size + k) % n]] for k in range(self.batch_size)
+        ]
         nll, count = caption_nll(self.backbone, None, _collate(rows, self.pad_id, 0))
         return nll / max(1, count)
 
@@ -402,9 +404,7 @@ def instruct(
     if config.describe_weight > 0 and not captions:
         raise LavicError("describe_weight > 0 needs the described images to train on (captions)")
     model = add_lm_adapter(backbone, config)
-    describe = (
-        DescribeRetention(backbone, captions, held_captions, config) if captions else None
-    )
+    describe = DescribeRetention(backbone, captions, held_captions, config) if captions else None
 
     def measure(samples_seen: int, **extra) -> dict[str, Any]:
         point = {"samples": samples_seen, **extra}
@@ -417,6 +417,7 @@ def instruct(
             point["describe_nll"] = round(describe.held_nll(), 4)
             model.train(was_training)
         return point
+
     params = [p for p in model.parameters() if p.requires_grad]
     log.info("instruction LoRA: %d trainable parameters", sum(p.numel() for p in params))
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
@@ -472,7 +473,9 @@ def instruct(
                 }
             )
             if describe_losses:
-                curve[-1]["describe_loss"] = round(sum(describe_losses[-10:]) / len(describe_losses[-10:]), 4)
+                curve[-1]["describe_loss"] = round(
+                    sum(describe_losses[-10:]) / len(describe_losses[-10:]), 4
+                )
             log.info("%s (%.1f min of training)", curve[-1], train_s / 60)
             with (work_dir / "curve.jsonl").open("a") as f:
                 f.write(json.dumps(curve[-1]) + "\n")
