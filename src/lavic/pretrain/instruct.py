@@ -38,7 +38,14 @@ from lavic.errors import LavicError
 from lavic.io import atomic_write_json
 from lavic.model.backbone import Backbone
 from lavic.model.inputs import build_batch
-from lavic.pretrain.captions import CaptionSample
+from lavic.pretrain.captions import (
+    CaptionSample,
+    PromptHead,
+    _collate,
+    _encode,
+    caption_nll,
+    with_head,
+)
 from lavic.prompts import build_recommend_prompt
 
 log = logging.getLogger(__name__)
@@ -59,6 +66,7 @@ MAX_LENGTH = 1024
 # How a candidate's look is written: on its own line after the title (where LaViC puts the
 # five item tokens), inside the title, or as the teacher description's first sentence.
 LOOK_FORMATS = ("line", "title", "description")
+LR_SCHEDULES = ("constant", "cosine")  # after the warm-up (InstructConfig.lr_schedule)
 
 
 @dataclass
@@ -274,9 +282,6 @@ def selection_accuracy(
     return hits / max(1, len(rows))
 
 
-LR_SCHEDULES = ("constant", "cosine")
-
-
 class DescribeRetention:
     """Batches of the teacher path (``<image>`` expanded, the description as the target) for the
     LoRA to keep describing while it learns to select; their NLL is also measured."""
@@ -288,8 +293,6 @@ class DescribeRetention:
         held: Sequence[CaptionSample],
         config: InstructConfig,
     ):
-        from lavic.pretrain.captions import PromptHead, _encode, with_head
-
         head = PromptHead(backbone)  # its ids only: the LoRA changes the head's keys/values
         self.backbone = backbone
         self.train = [with_head(_encode(backbone, head, c, c.image), head) for c in train]
@@ -302,8 +305,6 @@ class DescribeRetention:
     def loss(self, step: int) -> torch.Tensor:
         """Mean NLL per description token of the ``step``-th batch (a pure function of the step,
         so a resumed run draws what the uninterrupted one would)."""
-        from lavic.pretrain.captions import _collate, caption_nll
-
         n = len(self.order)
         rows = [
             self.train[self.order[(step * self.batch_size + k) % n]] for k in range(self.batch_size)
@@ -312,15 +313,17 @@ class DescribeRetention:
         return nll / max(1, count)
 
     @torch.no_grad()
-    def held_nll(self) -> float:
-        """Mean NLL per description token on the held-out described images."""
-        from lavic.pretrain.captions import _collate, caption_nll
-
+    def held_nll(self, model) -> float:
+        """Mean NLL per description token on the held-out described images (``model``: the
+        LoRA-wrapped backbone, put in eval mode for the measurement)."""
+        was_training = model.training
+        model.eval()
         total, count = 0.0, 0
         for start in range(0, len(self.held), self.batch_size):
             rows = self.held[start : start + self.batch_size]
             nll, n = caption_nll(self.backbone, None, _collate(rows, self.pad_id, 0))
             total, count = total + float(nll), count + n
+        model.train(was_training)
         return total / max(1, count)
 
 
@@ -412,10 +415,7 @@ def instruct(
             selection_accuracy(model, backbone, test, max_length=config.max_length), 4
         )
         if describe is not None and describe.held:
-            was_training = model.training
-            model.eval()
-            point["describe_nll"] = round(describe.held_nll(), 4)
-            model.train(was_training)
+            point["describe_nll"] = round(describe.held_nll(model), 4)
         return point
 
     params = [p for p in model.parameters() if p.requires_grad]
