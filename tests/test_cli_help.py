@@ -6,8 +6,9 @@ shared (issue 12): the stage Args are now composed from shared groups, and this 
 Deliberate changes since: ``import-catalogue`` (new command); ``build-tiny`` (the
 ``item_tokens`` and ``instruct`` modes and their flags,
 ``--instruct_schedule``, ``--describe_weight``); ``synthesize --title_look``; ``demo
---tune_steps`` (one stage-2 model for every category); ``distill``/``tune --precision`` (one
-list of choices for both stages, the default unchanged).
+--tune_steps`` (one stage-2 model for every category) and ``--tune_curriculum``; ``tune
+--candidate_curriculum``; ``distill``/``tune --precision`` (one list of choices for both
+stages, the default unchanged).
 """
 
 from __future__ import annotations

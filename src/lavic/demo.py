@@ -65,6 +65,13 @@ class Args:
         metadata={"help": "stage-2 optimizer steps of the one model tuned on every category"},
     )
     tune_lr: float = field(default=5e-4, metadata={"help": "stage-2 learning rate"})
+    tune_curriculum: list[int] | None = field(
+        default=None,
+        metadata={
+            "help": "stage 2's candidates per sample in its first epochs (lavic tune "
+            "--candidate_curriculum), e.g. `2 4`; --tune_steps still caps the run"
+        },
+    )
     max_length: int = field(default=2048, metadata={"help": "prompt + answer token budget"})
     decoding: Literal["score", "constrained", "generate"] = field(
         default="score", metadata={"help": "how the answer is read (see lavic evaluate)"}
@@ -191,7 +198,9 @@ def _tune(
             image_dir=data / "train_images",
             max_length=args.max_length,
             lr=args.tune_lr,
-            num_epochs=1,
+            # one epoch per curriculum stage, then one on the whole candidate lists
+            num_epochs=len(args.tune_curriculum or []) + 1,
+            candidate_curriculum=args.tune_curriculum,
             max_steps=args.tune_steps,
             seed=args.seed,
             log_every_n_steps=2,

@@ -221,6 +221,22 @@ def test_shard_sampler_train_pads_to_equal_lengths_and_resumes(monkeypatch):
     assert list(sampler) == epoch2  # the skip applied once
 
 
+def test_shard_sampler_views_give_each_epoch_its_block(monkeypatch):
+    monkeypatch.setattr(sm, "_dist_rank_world", lambda: (0, 1))
+    plain = sm.ShardSampler(10, shuffle=True, pad=True, seed=5)
+    staged = sm.ShardSampler(10, shuffle=True, pad=True, seed=5, views=3)
+    for epoch in range(5):
+        plain.use_epoch(epoch)
+        staged.use_epoch(epoch)
+        block = min(epoch, 2) * 10  # the curriculum's stages, then the last view for good
+        assert list(staged) == [block + i for i in plain] and len(staged) == 10
+    staged.resume_at(1, 4)  # a mid-epoch resume stays in that epoch's block
+    plain.use_epoch(1)
+    assert list(staged) == [10 + i for i in list(plain)[4:]]
+    with pytest.raises(ValueError, match="equal views"):
+        sm.make_loader(list(range(7)), list, batch_size=1, num_workers=0, shuffle=True, views=2)
+
+
 # ------------------------------------------------------------------ artefact round trip
 
 

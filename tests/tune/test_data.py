@@ -11,7 +11,13 @@ import torch
 from lavic.constants import IGNORE_INDEX, ITEM_TOKENS
 from lavic.data.records import Conversation
 from lavic.model.backbone import build_tiny_random
-from lavic.tune.data import RecommendCollator, RecommendDataset, make_samples, place_ground_truth
+from lavic.tune.data import (
+    RecommendCollator,
+    RecommendDataset,
+    make_samples,
+    narrow_candidates,
+    place_ground_truth,
+)
 
 
 def conversation(line: int, gt: tuple[str, ...], candidates: tuple[str, ...]) -> Conversation:
@@ -75,6 +81,34 @@ def test_make_samples_one_per_ground_truth_without_mutating():
     assert sorted(again, key=lambda s: (s.line, s.target)) == sorted(
         samples, key=lambda s: (s.line, s.target)
     )
+
+
+def test_narrow_candidates_keeps_the_answer_and_the_order():
+    convs = [conversation(n, ("C",), ("A", "B", "C", "D", "E", "F")) for n in range(200)]
+    samples = make_samples(convs, "candidates_st", seed=3)
+    two = narrow_candidates(samples, 2, seed=3)
+    four = narrow_candidates(samples, 4, seed=3)
+    pairs = [(s, n, 2) for s, n in zip(samples, two, strict=True)]
+    pairs += [(s, n, 4) for s, n in zip(samples, four, strict=True)]
+    for full, narrowed, k in pairs:
+        assert len(narrowed.candidates) == k and "C" in narrowed.candidates
+        assert [c for c in full.candidates if c in narrowed.candidates] == list(
+            narrowed.candidates
+        )  # prompt order kept
+        assert (narrowed.target, narrowed.line, narrowed.conversation) == (
+            full.target,
+            full.line,
+            full.conversation,
+        )
+    # every other candidate is drawn, per sample, the same way again
+    assert {c for n in two for c in n.candidates} == set("ABCDEF")
+    assert narrow_candidates(list(reversed(samples)), 2, seed=3) == list(reversed(two))
+    assert narrow_candidates(samples, 2, seed=4) != two
+    # a list already that short is left alone; a stage of one candidate teaches nothing
+    short = make_samples([conversation(1, ("A",), ("A", "B"))], "candidates_st", seed=3)
+    assert narrow_candidates(short, 4, seed=3) == short
+    with pytest.raises(ValueError, match="at least 2"):
+        narrow_candidates(samples, 1, seed=3)
 
 
 @pytest.fixture(scope="module")

@@ -168,6 +168,44 @@ def test_tune_end_to_end(stage1, catalogue, tmp_path: Path):
     assert not (out2 / "item_tokens").exists()
 
 
+def test_tune_candidate_curriculum(stage1, catalogue, tmp_path: Path, monkeypatch):
+    """`--candidate_curriculum 2 3`: epoch 1 trains on two candidates per sample, epoch 2 on
+    three, epoch 3 on the whole list (4); validation always sees the whole list."""
+    from lavic.tune import data
+
+    seen: list[tuple[int, ...]] = []
+    collate = data.RecommendCollator.__call__
+
+    def recording(self, rows):
+        seen.append(tuple(len(r.candidate_ids) for r in rows))
+        return collate(self, rows)
+
+    monkeypatch.setattr(data.RecommendCollator, "__call__", recording)
+    out = tmp_path / "ft"
+    argv = ["--num_epochs", "3", "--skip_eval", "--candidate_curriculum", "2", "3"]
+    assert tune(stage1, catalogue, out, *argv, "--no_images") == 0
+    # batch_size 1, in call order: (sanity check,) epoch 1's 8 samples, its validation (4
+    # samples of 4 candidates), epoch 2's 8, validation, epoch 3's 8, validation(s)
+    sizes = [n for batch in seen for n in batch]
+    assert [n for n in sizes if n != 4] == [2] * 8 + [3] * 8
+    last_two, first_three = len(sizes) - 1 - sizes[::-1].index(2), sizes.index(3)
+    assert sizes[last_two + 1 : first_three] == [4] * 4  # validation: the whole list
+    last_three = len(sizes) - 1 - sizes[::-1].index(3)
+    tail = sizes[last_three + 1 :]  # epoch 3 and the validations after it
+    assert set(tail) == {4} and len(tail) >= 8 + 4
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["candidate_curriculum"] == [2, 3] and metrics["steps"] == 24
+    assert len(metrics["epochs"]) == 3 and all("val_loss" in e for e in metrics["epochs"])
+    # every epoch validates on the whole list, and the best of them is kept, curriculum or not
+    assert metrics["best"]["val_loss"] == min(e["val_loss"] for e in metrics["epochs"])
+
+
+def test_tune_candidate_curriculum_needs_a_full_epoch(stage1, catalogue, tmp_path, capsys):
+    argv = ["--num_epochs", "2", "--candidate_curriculum", "2", "3", "--no_images"]
+    assert tune(stage1, catalogue, tmp_path / "ft", *argv) == 2
+    assert "no epoch on the whole candidate list" in capsys.readouterr().err
+
+
 def test_tune_text_only_and_resume(stage1, catalogue, tmp_path: Path):
     out = tmp_path / "ft"
     assert (

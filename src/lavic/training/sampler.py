@@ -31,13 +31,22 @@ class ShardSampler(Sampler[int]):
     order of every later epoch).
     Evaluation (``shuffle=False, pad=False``): disjoint, unpadded shards, so a split-wide sum
     over ranks counts every sample exactly once.
+
+    ``views`` > 1: the dataset holds ``views`` blocks of ``num_samples`` rows, the same samples
+    rendered differently (a curriculum: fewer candidates first); epoch ``e`` reads block
+    ``min(e, views - 1)``, in that epoch's permutation. An epoch is ``num_samples`` long either way.
     """
 
-    def __init__(self, num_samples: int, *, shuffle: bool, pad: bool, seed: int = 0):
+    def __init__(
+        self, num_samples: int, *, shuffle: bool, pad: bool, seed: int = 0, views: int = 1
+    ):
+        if views < 1:
+            raise ValueError(f"views must be at least 1, got {views}")
         self.num_samples = num_samples
         self.shuffle = shuffle
         self.pad = pad
         self.seed = seed
+        self.views = views
         self.epoch = 0
         self._resume: tuple[int, int] | None = None
 
@@ -74,6 +83,8 @@ class ShardSampler(Sampler[int]):
             order = torch.randperm(self.num_samples, generator=g).tolist()
         else:
             order = list(range(self.num_samples))
+        offset = min(self.epoch, self.views - 1) * self.num_samples  # this epoch's block
+        order = [offset + i for i in order]
         if self.pad and world > 1 and order:
             total = math.ceil(len(order) / world) * world
             order = (order * math.ceil(total / len(order)))[:total]
@@ -97,9 +108,15 @@ def make_loader(
     num_workers: int,
     shuffle: bool,
     seed: int = 0,
+    views: int = 1,
 ) -> DataLoader:
-    """A DataLoader whose collator runs in the workers (``num_workers > 0``)."""
-    sampler = ShardSampler(len(dataset), shuffle=shuffle, pad=shuffle, seed=seed)
+    """A DataLoader whose collator runs in the workers (``num_workers > 0``); ``views``: the
+    dataset's blocks, one per curriculum stage (:class:`ShardSampler`)."""
+    if len(dataset) % views:
+        raise ValueError(f"{len(dataset)} rows do not split into {views} equal views")
+    sampler = ShardSampler(
+        len(dataset) // views, shuffle=shuffle, pad=shuffle, seed=seed, views=views
+    )
     return DataLoader(
         dataset,
         batch_size=batch_size,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -93,6 +93,27 @@ def make_samples(
                 )
             )
     return samples
+
+
+def narrow_candidates(samples: Sequence[TuneSample], k: int, *, seed: int) -> list[TuneSample]:
+    """The samples with at most ``k`` candidates each: the target and ``k - 1`` of the others,
+    kept in prompt order (a curriculum stage: fewer candidates are easier to tell apart).
+
+    The kept candidates are drawn from ``random.Random(f"{seed}:{k}:{source}:{line}:{target}")``,
+    so a sample narrows the same way whatever the order or subset loaded.
+    """
+    if k < 2:
+        raise ValueError(f"a curriculum stage needs at least 2 candidates, got {k}")
+    narrowed = []
+    for s in samples:
+        others = [i for i, c in enumerate(s.candidates) if c != s.target]
+        if len(others) >= k:
+            rng = random.Random(f"{seed}:{k}:{s.source}:{s.line}:{s.target}")
+            keep = set(rng.sample(others, k - 1))
+            cands = tuple(c for i, c in enumerate(s.candidates) if i in keep or c == s.target)
+            s = replace(s, candidates=cands, replaced=None)
+        narrowed.append(s)
+    return narrowed
 
 
 @dataclass(frozen=True)

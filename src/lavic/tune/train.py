@@ -102,9 +102,27 @@ class Args(TrainerArgs, LoRAArgs):
         metadata={"help": "skip malformed records (counted in metrics.json) instead of failing"},
     )
     skip_eval: bool = field(default=False, metadata={"help": "do not evaluate on the test split"})
+    candidate_curriculum: list[int] | None = field(
+        default=None,
+        metadata={
+            "help": "candidates per training sample in the first epochs, e.g. `2 4`: epoch 1 "
+            "shows each answer with one other of its candidates, epoch 2 with three, later "
+            "epochs the whole list (validation: always the whole list)"
+        },
+    )
 
     def __post_init__(self):
         super().__post_init__()
+        stages = self.candidate_curriculum or []
+        if any(k < 2 for k in stages):
+            raise ValueError(
+                f"--candidate_curriculum: every stage needs at least 2 candidates, got {stages}"
+            )
+        if stages and self.num_epochs <= len(stages):
+            raise ValueError(
+                f"--num_epochs {self.num_epochs} leaves no epoch on the whole candidate list "
+                f"after the {len(stages)} curriculum epochs (--candidate_curriculum)"
+            )
         for name in ("max_length", "encode_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}")
@@ -166,7 +184,12 @@ def run(args: Args) -> int:
     from lavic.training.resume import checkpoint_to_resume
     from lavic.training.sampler import make_loader
     from lavic.training.trainer import build_trainer
-    from lavic.tune.data import RecommendCollator, RecommendDataset, make_samples
+    from lavic.tune.data import (
+        RecommendCollator,
+        RecommendDataset,
+        make_samples,
+        narrow_candidates,
+    )
     from lavic.tune.module import RecommendTuner
 
     out = Path(args.finetune_output_dir)
@@ -245,6 +268,20 @@ def run(args: Args) -> int:
         with_images=with_images,
         desc="valid prompts",
     )
+    # A curriculum renders the same samples with fewer candidates, one view per stage, read
+    # in turn by the epochs (the sampler picks an epoch's view); the last is the whole list.
+    stages = args.candidate_curriculum or []
+    train_views = [
+        RecommendDataset(
+            narrow_candidates(train_samples, k, seed=args.seed),
+            tokenizer,
+            title_of,
+            max_length=args.max_length,
+            with_images=with_images,
+            desc=f"train prompts, {k} candidates",
+        )
+        for k in stages
+    ] + [train_ds]
     item_ids = list(dict.fromkeys(train_ds.item_ids() + valid_ds.item_ids()))
     missing_titles = items_without_title(meta, item_ids)
     if missing_titles:
@@ -287,7 +324,14 @@ def run(args: Args) -> int:
     # A seeded permutation per epoch (seed + epoch) that a checkpoint can resume mid-way, so a
     # resumed run sees exactly the batches of an uninterrupted one; each rank takes its shard.
     loader_kw = {"batch_size": args.batch_size, "num_workers": args.num_workers}
-    train_loader = make_loader(train_ds, collate, shuffle=True, seed=args.seed, **loader_kw)
+    train_loader = make_loader(
+        torch.utils.data.ConcatDataset(train_views),
+        collate,
+        shuffle=True,
+        seed=args.seed,
+        views=len(train_views),
+        **loader_kw,
+    )
     valid_loader = make_loader(valid_ds, collate, shuffle=False, **loader_kw)
     train_sampler = train_loader.sampler
     truncated_targets = _count_truncated_targets(tokenizer, (train_ds, valid_ds), args.max_length)
@@ -334,6 +378,7 @@ def run(args: Args) -> int:
         "lr": args.lr,
         "weight_decay": args.weight_decay,
         "num_epochs": args.num_epochs,
+        "candidate_curriculum": stages,
         "precision": precision,
         "train_conversations": len(train_convs),
         "valid_conversations": len(valid_convs),
