@@ -36,6 +36,8 @@ def test_demo_end_to_end_writes_results_and_report(tmp_path, capsys, caplog):
     combined = out / "data" / "all_categories" / "train.jsonl"
     home = out / "data" / "synthetic_home" / "train.jsonl"
     assert combined.read_text() == home.read_text()
+    tuned = json.loads((out / "tune" / "metrics.json").read_text())
+    assert tuned["candidate_curriculum"] == [2]  # the demo's default: two candidates first
     row = results["synthetic_home"]
     assert set(row) == {"lavic", "text_only", "random", "retriever_first", "ceiling"}
     for method in ("lavic", "text_only", "random", "retriever_first"):
