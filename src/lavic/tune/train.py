@@ -252,33 +252,24 @@ def run(args: Args) -> int:
     def title_of(item_id: str) -> str:
         return item_title(meta, item_id)
 
-    train_ds = RecommendDataset(
-        train_samples,
-        tokenizer,
-        title_of,
-        max_length=args.max_length,
-        with_images=with_images,
-        desc="train prompts",
-    )
-    valid_ds = RecommendDataset(
-        valid_samples,
-        tokenizer,
-        title_of,
-        max_length=args.max_length,
-        with_images=with_images,
-        desc="valid prompts",
-    )
-    # A curriculum renders the same samples with fewer candidates, one view per stage, read
-    # in turn by the epochs (the sampler picks an epoch's view); the last is the whole list.
-    stages = args.candidate_curriculum or []
-    train_views = [
-        RecommendDataset(
-            narrow_candidates(train_samples, k, seed=args.seed),
+    def render(samples, desc: str) -> RecommendDataset:
+        return RecommendDataset(
+            samples,
             tokenizer,
             title_of,
             max_length=args.max_length,
             with_images=with_images,
-            desc=f"train prompts, {k} candidates",
+            desc=desc,
+        )
+
+    train_ds = render(train_samples, "train prompts")
+    valid_ds = render(valid_samples, "valid prompts")
+    # A curriculum renders the same samples with fewer candidates, one view per stage, read
+    # in turn by the epochs (the sampler picks an epoch's view); the last is the whole list.
+    stages = args.candidate_curriculum or []
+    train_views = [
+        render(
+            narrow_candidates(train_samples, k, seed=args.seed), f"train prompts, {k} candidates"
         )
         for k in stages
     ] + [train_ds]
