@@ -298,3 +298,24 @@ def test_tune_bad_input_is_one_line(stage1, catalogue, tmp_path: Path, capsys, c
     assert main(argv + ["--skip_eval", "--max_steps", "1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0] and "Traceback" not in err[0]
+
+
+@pytest.mark.parametrize("stopped_by", ["epochs", "max_steps"])
+def test_tune_resume_a_finished_run_for_another_epoch(
+    stage1, catalogue, tmp_path: Path, stopped_by
+):
+    """A run that ended at its last epoch's last step (by its epoch count or by a --max_steps
+    that fell there), resumed with one epoch more, trains that epoch."""
+    argv = ["--no_images", "--skip_eval", "--log_every_n_steps", "1"]
+    assert tune(stage1, catalogue, tmp_path / "one", *argv, "--num_epochs", "1") == 0
+    per_epoch = json.loads((tmp_path / "one" / "metrics.json").read_text())["steps"]
+    out = tmp_path / "ft"
+    first = ["--num_epochs", "1"]
+    if stopped_by == "max_steps":
+        first += ["--max_steps", str(per_epoch)]
+    assert tune(stage1, catalogue, out, *argv, *first) == 0
+    more = ["--num_epochs", "2", "--max_steps", str(2 * per_epoch), "--resume"]
+    assert tune(stage1, catalogue, out, *argv, *more) == 0
+    two = json.loads((out / "metrics.json").read_text())
+    assert [e["epoch"] for e in two["epochs"]] == [0, 1]
+    assert two["steps"] == 2 * per_epoch

@@ -113,6 +113,7 @@ class LoRAModule(L.LightningModule):
         """Restore :meth:`checkpoint_state`'s dict (override)."""
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        mark_epoch_finished(checkpoint)
         keep = self.trainable_keys()
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
         checkpoint["lavic"] = {
@@ -142,3 +143,25 @@ class LoRAModule(L.LightningModule):
 NewBestHook = Callable[[dict[str, Any], dict[str, torch.Tensor]], None]
 
 __all__ = ["LoRAModule", "NewBestHook", "clean_param_name"]
+
+
+def mark_epoch_finished(checkpoint: dict[str, Any]) -> None:
+    """Record an epoch whose last batch and validation have run as finished.
+
+    A checkpoint taken at ``on_train_epoch_end`` (where the epoch checkpoints are written) holds
+    Lightning's loop state half-way through ending the epoch: processed, not yet completed, its
+    batch counter at the last batch. Resumed with ``max_steps`` set (Lightning then keeps that
+    state as it is), the next epoch starts at "last batch done" and ends with no batch at all,
+    so a resume to more epochs silently skipped one (Lightning issue #19617's kind). Written as
+    "epoch done, the next not started" it resumes into the next epoch's first batch.
+    """
+    loop = (checkpoint.get("loops") or {}).get("fit_loop") or {}
+    epochs, batches = loop.get("epoch_progress"), loop.get("epoch_loop.batch_progress")
+    if not epochs or not batches or not batches.get("is_last_batch"):
+        return  # not at an epoch's end (a step checkpoint mid-epoch, or no loop state)
+    if epochs["current"]["processed"] != epochs["current"]["completed"] + 1:
+        return  # the last batch ran but the epoch is not processed yet (before its validation)
+    for counts in (epochs["current"], epochs["total"]):
+        counts["completed"] = counts["processed"]
+    batches["current"] = {key: 0 for key in batches["current"]}
+    batches["is_last_batch"] = False
