@@ -140,11 +140,6 @@ class LoRAModule(L.LightningModule):
             )
 
 
-NewBestHook = Callable[[dict[str, Any], dict[str, torch.Tensor]], None]
-
-__all__ = ["LoRAModule", "NewBestHook", "clean_param_name"]
-
-
 def mark_epoch_finished(checkpoint: dict[str, Any]) -> None:
     """Record an epoch whose last batch and validation have run as finished.
 
@@ -165,3 +160,8 @@ def mark_epoch_finished(checkpoint: dict[str, Any]) -> None:
         counts["completed"] = counts["processed"]
     batches["current"] = {key: 0 for key in batches["current"]}
     batches["is_last_batch"] = False
+
+
+NewBestHook = Callable[[dict[str, Any], dict[str, torch.Tensor]], None]
+
+__all__ = ["LoRAModule", "NewBestHook", "clean_param_name", "mark_epoch_finished"]
