@@ -33,3 +33,18 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data/reddit_amazon is absent")
     return SHARED_DATA
+
+
+@pytest.fixture
+def force_cpu_bf16(monkeypatch):
+    """Make ``--precision auto`` / ``--dtype auto`` take the CPU bf16-autocast path on any CPU.
+
+    On a CPU with native bf16 (AVX512-BF16 or AMX) that is what ``auto`` picks anyway; on an
+    AVX2-only CPU bf16 is emulated (slower, the same numbers), so the tests that use this fixture
+    exercise the bf16 path wherever the suite runs, beside their float32 twins.
+    """
+    from lavic.model import inference
+    from lavic.training import precision
+
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(inference, "cpu_has_native_bf16", lambda: True)

@@ -33,6 +33,7 @@ def test_bf16_mixed_on_cpu_gives_the_fp32_loss(tiny_catalogue, tmp_path):
     assert run_distill(tiny_catalogue, bf16, *COMMON, "--precision", "bf16-mixed") == 0
     a, b = _metrics(fp32), _metrics(bf16)
     assert b["precision"] == "bf16-mixed" and a["precision"] == "32-true"
+    assert b["val_loss_best_precision"] == "bf16-mixed"  # recorded beside the loss it made
     for key in ("val_loss_before", "val_loss_best"):
         assert b[key] == pytest.approx(a[key], rel=0.01), key
     assert b["val_loss_before"] != a["val_loss_before"]  # it did compute in bf16

@@ -206,4 +206,6 @@ def index_dir(tmp_path_factory, tuned_dir, catalogue_files, embedder) -> Path:
 def recommender(tuned_dir, index_dir, embedder):
     from lavic.serving.recommender import Recommender
 
-    return Recommender.load(tuned_dir, index_dir, embedder=embedder, device="cpu")
+    # float32, pinned: the serving tests compare scores to oracles computed in float32 (the
+    # bf16 path has its own tests, which compare bf16 with bf16).
+    return Recommender.load(tuned_dir, index_dir, embedder=embedder, device="cpu", dtype="float32")

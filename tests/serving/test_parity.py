@@ -12,6 +12,7 @@ import asyncio
 import json
 
 import pytest
+import torch
 
 CATEGORY = "synthetic_home"
 
@@ -37,7 +38,12 @@ def synthetic(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_served_picks_match_the_evaluator(synthetic, tuned_dir, embedder, tmp_path):
+@pytest.mark.parametrize("dtype", ["float32", "bf16-autocast"])
+def test_served_picks_match_the_evaluator(synthetic, tuned_dir, embedder, tmp_path, dtype, request):
+    """Like with like: in float32 the service micro-batches (a padded batch scores as one
+    conversation to ~1e-6); on the CPU bf16 path (what `--dtype auto` picks on a CPU with native
+    bf16, forced here on any CPU) a batch differs from one conversation by a few 1e-4, so the
+    service scores one request per batch, the evaluator's shape, and must agree to float noise."""
     import httpx
 
     from lavic.data.loaders import load_split
@@ -47,6 +53,10 @@ def test_served_picks_match_the_evaluator(synthetic, tuned_dir, embedder, tmp_pa
     from lavic.serving.index import Args, build_index
     from lavic.serving.recommender import Recommender
 
+    bf16 = dtype == "bf16-autocast"
+    if bf16:
+        request.getfixturevalue("force_cpu_bf16")
+    load_dtype = "auto" if bf16 else "float32"  # auto: the CPU bf16 path, forced above
     meta_path, image_dir = synthetic / "item2meta_train.json", synthetic / "train_images"
     index_dir = tmp_path / "index"
     summary = build_index(
@@ -74,16 +84,21 @@ def test_served_picks_match_the_evaluator(synthetic, tuned_dir, embedder, tmp_pa
         decoding="score",
         batch_size=1,
         device="cpu",
+        dtype=load_dtype,
     )
     with open(metrics["output_file"], encoding="utf-8") as handle:
         evaluated = [json.loads(line) for line in handle]
     conversations = load_split(synthetic, CATEGORY, "test")
     assert len(evaluated) == len(conversations) == 16
 
-    recommender = Recommender.load(tuned_dir, index_dir, embedder=embedder, device="cpu")
+    recommender = Recommender.load(
+        tuned_dir, index_dir, embedder=embedder, device="cpu", dtype=load_dtype
+    )
+    assert recommender.backbone.autocast_dtype == (torch.bfloat16 if bf16 else None)
+    max_batch = 1 if bf16 else 8
 
     async def serve_all():
-        app = create_app(recommender, max_batch=8, max_wait_ms=20)
+        app = create_app(recommender, max_batch=max_batch, max_wait_ms=20)
         transport = httpx.ASGITransport(app=app)
         async with (
             app.router.lifespan_context(app),
@@ -105,7 +120,8 @@ def test_served_picks_match_the_evaluator(synthetic, tuned_dir, embedder, tmp_pa
     batches_before = recommender.stats.batches
     responses = asyncio.run(serve_all())
     assert all(r.status_code == 200 for r in responses), [r.text for r in responses]
-    assert recommender.stats.batches - batches_before < len(conversations)  # micro-batched
+    if not bf16:
+        assert recommender.stats.batches - batches_before < len(conversations)  # micro-batched
 
     served = [r.json() for r in responses]
     assert [s["item_id"] for s in served] == [e["recommended_st"] for e in evaluated]
@@ -114,7 +130,7 @@ def test_served_picks_match_the_evaluator(synthetic, tuned_dir, embedder, tmp_pa
     ]
     for s, e in zip(served, evaluated, strict=True):
         assert [c["log_likelihood"] for c in s["candidates"]] == pytest.approx(
-            e["scores_st"], abs=1e-3
+            e["scores_st"], abs=1e-4
         )
     accuracy = recall_at_1([s["item_id"] for s in served], [c.gt_items for c in conversations])
     assert accuracy == metrics["recall@1"]

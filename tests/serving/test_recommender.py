@@ -9,6 +9,7 @@ import threading
 import time
 
 import pytest
+import torch
 
 from lavic.errors import LavicError
 from lavic.serving.recommender import (
@@ -82,6 +83,37 @@ def test_a_batch_ranks_as_one_at_a_time(recommender):
         assert [c.item_id for c in got.candidates] == [c.item_id for c in alone.candidates]
         for a, b in zip(got.candidates, alone.candidates, strict=True):
             assert a.log_likelihood == pytest.approx(b.log_likelihood, abs=1e-4)
+
+
+def test_cpu_bf16_autocast_ranks_as_float32(
+    recommender, tuned_dir, index_dir, embedder, force_cpu_bf16, tmp_path
+):
+    """The CPU bf16 path (what `--dtype auto` picks on a CPU with native bf16; emulated here if
+    this CPU has none) against the float32 recommender: the same picks, log-likelihoods within
+    bf16's rounding (8 bits of mantissa, ~1e-3 on a sum of ~10 token log-probabilities); and,
+    like with like, a bf16 batch ranks as bf16 one at a time."""
+    import shutil
+
+    from lavic.serving.recommender import Recommender
+
+    shutil.copytree(index_dir, tmp_path / "index")  # its item-token cache is keyed by dtype
+    bf16 = Recommender.load(tuned_dir, tmp_path / "index", embedder=embedder, device="cpu")
+    assert bf16.backbone.autocast_dtype == torch.bfloat16
+    assert recommender.backbone.autocast_dtype is None
+    queries = [
+        bf16.check(Query(c, tuple(ITEM_IDS[i : i + 5]))) for i, (c, _) in enumerate(CONVERSATIONS)
+    ]
+    batched = bf16.recommend_batch(queries)
+    for query, got in zip(queries, batched, strict=True):
+        alone = bf16.recommend(query.conversation, query.candidates)
+        fp32 = recommender.recommend(query.conversation, query.candidates)
+        assert got.item_id == alone.item_id == fp32.item_id
+        by_id = {c.item_id: c.log_likelihood for c in fp32.candidates}
+        for a, b in zip(got.candidates, alone.candidates, strict=True):
+            assert a.item_id == b.item_id
+            assert a.log_likelihood == pytest.approx(b.log_likelihood, abs=5e-3)
+            assert a.log_likelihood == pytest.approx(by_id[a.item_id], rel=2e-2, abs=2e-2)
+            assert a.log_likelihood != by_id[a.item_id]  # it did run in bf16
 
 
 def test_retrieval_supplies_top_k_candidates(recommender):

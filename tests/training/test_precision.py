@@ -179,3 +179,30 @@ def test_load_model_autocasts_on_a_bf16_cpu_only_after_the_probe(monkeypatch):
     assert load_model("tiny-random", device="cpu").autocast_dtype is None
     monkeypatch.setattr(inference, "cpu_has_native_bf16", lambda: False)
     assert load_model("tiny-random", device="cpu").autocast_dtype is None
+
+
+@pytest.mark.skipif(
+    not P.cpu_has_native_bf16(),
+    reason="this CPU has no native bf16 (AVX512-BF16/AMX), so `auto` rightly keeps float32 here; "
+    "the bf16 numerics still run everywhere through the forced-bf16 tests (force_cpu_bf16, "
+    "--precision bf16-mixed)",
+)
+def test_auto_takes_bf16_on_this_native_bf16_cpu(cpu_only):
+    """Nothing mocked: on a CPU with native bf16 both `auto`s choose bf16 autocast for real."""
+    backbone = load_model("tiny-random", device="cpu")
+    assert backbone.autocast_dtype == torch.bfloat16
+    check = P.check_on_loader(
+        lambda batch: prompt_logits(backbone.model, backbone.tokenizer, batch),
+        [_prompt_batch(backbone.tokenizer)],
+    )
+    assert P.resolve_precision("auto", "cpu", check=check) == "bf16-mixed"
+
+
+def _prompt_batch(tok) -> dict:
+    ids = torch.tensor([tok("a plain white mug; a striped blue tote; a dotted jar")["input_ids"]])
+    return {
+        "input_ids": ids,
+        "attention_mask": torch.ones_like(ids),
+        "labels": ids,
+        "item_tokens": None,
+    }

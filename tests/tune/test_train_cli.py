@@ -86,8 +86,13 @@ def tune(stage1: Path, catalogue: dict[str, Path], out: Path, *extra: str) -> in
     )
 
 
-def valid_loss_of(artefact: Path, catalogue: dict[str, Path], cache_dir: Path) -> float:
-    """Token-weighted validation loss of a saved artefact, recomputed from scratch."""
+def valid_loss_of(
+    artefact: Path, catalogue: dict[str, Path], cache_dir: Path, *, precision: str
+) -> float:
+    """Token-weighted validation loss of a saved artefact, recomputed from scratch as the run
+    validated: under the ``precision`` that computed the recorded loss (bf16 autocast changes
+    a loss by ~1e-3) and with the run's batch shape (one sample per batch: a padded batch under
+    bf16 differs from a single sample by a few 1e-4)."""
     backbone = load_backbone(artefact)
     convs = load_split(catalogue["data_dir"], CATEGORY, "valid")
     meta = load_item_meta(catalogue["item_meta_path"])
@@ -100,10 +105,11 @@ def valid_loss_of(artefact: Path, catalogue: dict[str, Path], cache_dir: Path) -
     )
     cache = ItemTokenCache.open(cache_dir, fingerprint=adapter_fingerprint(artefact))
     total, tokens = 0.0, 0
-    with torch.no_grad():
+    bf16 = precision == "bf16-mixed"
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         for batch in DataLoader(
             ds,
-            batch_size=3,
+            batch_size=1,  # the run's --batch_size, which its validation loader uses too
             collate_fn=RecommendCollator(backbone.tokenizer, cache, max_length=512),
         ):
             s, n = target_loss_sums(backbone.model, backbone.tokenizer, batch)
@@ -111,9 +117,13 @@ def valid_loss_of(artefact: Path, catalogue: dict[str, Path], cache_dir: Path) -
     return total / tokens
 
 
-def test_tune_end_to_end(stage1, catalogue, tmp_path: Path):
+# Both numeric paths on every CPU: bf16-mixed is CPU autocast, native on AVX512-BF16/AMX and
+# emulated (slower, the same numbers) elsewhere; `auto` picks one of the two per machine.
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+def test_tune_end_to_end(stage1, catalogue, tmp_path: Path, precision: str):
     out = tmp_path / "ft"
-    assert tune(stage1, catalogue, out, "--num_epochs", "3", "--lr", "2e-2", "--skip_eval") == 0
+    argv = ["--num_epochs", "3", "--lr", "2e-2", "--skip_eval", "--precision", precision]
+    assert tune(stage1, catalogue, out, *argv) == 0
     adapter = out / "trained_lora_adapter"
     files = {p.name for p in adapter.iterdir()}
     assert files >= ARTEFACT_FILES and files - ARTEFACT_FILES <= {"README.md"}
@@ -142,9 +152,17 @@ def test_tune_end_to_end(stage1, catalogue, tmp_path: Path):
     assert metrics["train_samples_per_second"] > 0
     val_losses = [e["val_loss"] for e in metrics["epochs"]]
     assert metrics["best"]["val_loss"] == min(val_losses)
-    # The artefact holds the best epoch's adapter: reloading it gives that epoch's val loss.
-    recomputed = valid_loss_of(adapter, catalogue, out / "item_tokens")
+    assert metrics["precision"] == metrics["best"]["precision"] == precision
+    # The artefact holds the best epoch's adapter: reloading it gives that epoch's val loss,
+    # recomputed under the precision recorded beside it.
+    recomputed = valid_loss_of(
+        adapter, catalogue, out / "item_tokens", precision=metrics["best"]["precision"]
+    )
     assert recomputed == pytest.approx(metrics["best"]["val_loss"], abs=1e-4)
+    if precision == "bf16-mixed":
+        # ...and the other precision gives another number: the record needs its precision.
+        other = valid_loss_of(adapter, catalogue, out / "item_tokens", precision="32-true")
+        assert other != pytest.approx(metrics["best"]["val_loss"], abs=1e-6)
 
     # A second run on the same cache encodes nothing; --max_steps stops mid-epoch, validated.
     out2 = tmp_path / "ft2"
@@ -158,6 +176,8 @@ def test_tune_end_to_end(stage1, catalogue, tmp_path: Path):
             "--skip_eval",
             "--cache_dir",
             str(out / "item_tokens"),
+            "--precision",
+            precision,  # the cache is keyed by the precision that encoded it
         )
         == 0
     )

@@ -307,6 +307,7 @@ def run(args: Args) -> int:
         "val_loss_before": before["loss"],
         "val_ppl_before": before["ppl"],
         "val_loss_best": best["val_loss"],
+        "val_loss_best_precision": precision,  # bf16 and fp32 losses differ by ~1e-3
         "val_ppl_best": best["val_ppl"],
         "val_loss_teacher": teacher_result["loss"] if teacher_result else None,
         "val_ppl_teacher": teacher_result["ppl"] if teacher_result else None,

@@ -396,7 +396,8 @@ def run(args: Args) -> int:
         "steps": trainer.global_step,
         "epochs": epochs,
         "train_steps": history["train_steps"],
-        "best": module.best,
+        # The precision that computed the best val_loss: recompute it under the same one.
+        "best": {**module.best, "precision": precision} if module.best else None,
         "train_seconds": history["train_seconds"],
         "train_samples_seen": history["train_samples"],
         "train_samples_per_second": (
