@@ -16,14 +16,16 @@ reader of ``lavic.json`` (:func:`read_artifact_info`), the walk up an artefact's
 the folder names the stages write (:data:`TUNED_ADAPTER_DIR`).
 
 The directory is written under a temporary name beside its destination and renamed into
-place, so a reader never sees a half-written artefact. Replacing an existing artefact moves
-the old one aside first (two renames: for an instant the path may be absent, never partial).
+place, so a reader never sees a half-written artefact. Replacing an existing artefact is one
+atomic exchange of the two folders (Linux ``renameat2(RENAME_EXCHANGE)``): the path always holds
+the old artefact or the new one, and a kill at any point leaves one of them in place.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import errno
 import json
 import logging
 import os
@@ -34,7 +36,7 @@ from typing import Any
 
 from lavic.config import save_config
 from lavic.errors import LavicError
-from lavic.io import atomic_write_json
+from lavic.io import apply_umask, atomic_write_json, fsync_directory
 
 log = logging.getLogger(__name__)
 
@@ -53,24 +55,56 @@ def _relative_parent(parent: str | os.PathLike[str], out_dir: Path) -> str:
     return os.path.relpath(Path(parent).resolve(), out_dir.resolve())
 
 
+RENAME_EXCHANGE = 2  # linux/fs.h: swap two existing paths atomically
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap the folders ``a`` and ``b`` in one atomic step; False where the platform or the
+    filesystem cannot (then the caller falls back to two renames)."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):  # not Linux / glibc < 2.28
+        return False
+    at_fdcwd = -100
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):  # e.g. a filesystem without it
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
 @contextlib.contextmanager
 def atomic_directory(out_dir: str | os.PathLike[str]):
     """Yield a fresh temporary directory beside ``out_dir``; on success it becomes ``out_dir``.
 
-    If ``out_dir`` exists it is replaced (moved aside, then deleted). On an exception the
-    temporary directory is removed and ``out_dir`` is left as it was.
+    If ``out_dir`` exists the two folders are exchanged in one atomic step and the old one is
+    then deleted; where the filesystem cannot exchange, the old one is moved aside first (two
+    renames: for an instant the path is absent, never partial). The folder gets the mode the
+    umask gives. On an exception the temporary directory is removed and ``out_dir`` is left as
+    it was.
     """
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
+        apply_umask(tmp, directory=True)
         yield tmp
+        if out.exists() and _exchange(tmp, out):
+            fsync_directory(out.parent)
+            shutil.rmtree(tmp, ignore_errors=True)  # now the old artefact
+            return
         old = None
         if out.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
             os.rmdir(old)
             os.replace(out, old)
         os.replace(tmp, out)
+        fsync_directory(out.parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     except BaseException:

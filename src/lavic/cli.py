@@ -8,6 +8,7 @@ runs, so ``lavic --help`` is instant and a command never pays for another's impo
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import os
@@ -95,6 +96,22 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"lavic {namespace.command}: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:
+        if exc.errno not in _FULL:
+            raise
+        # Our writes are atomic (a temporary beside the target, renamed when whole): the file
+        # being written is not left half-written under its name.
+        where = f" writing {exc.filename}" if exc.filename else ""
+        print(
+            f"lavic {namespace.command}: error: {os.strerror(exc.errno)}{where}; "
+            "free some space and run the command again",
+            file=sys.stderr,
+        )
+        return 1
+
+
+# "No space left on device" and "Disk quota exceeded": a one-line error, not a traceback.
+_FULL = {errno.ENOSPC, errno.EDQUOT}
 
 
 if __name__ == "__main__":

@@ -15,18 +15,60 @@ from typing import IO, Any
 from lavic.errors import LavicError
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it (``os.umask`` can only be read by setting
+    it, which would give files made meanwhile by another thread the wrong mode)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # no /proc (macOS): the read-by-setting fallback
+    os.umask(mask)
+    return mask
+
+
+def apply_umask(path: str | os.PathLike[str] | int, *, directory: bool = False) -> None:
+    """Give a file (path or open descriptor) or folder the mode an ordinary ``open``/``mkdir``
+    would: ``mkstemp``/``mkdtemp`` make them 0600/0700 whatever the umask, so an artefact or a
+    catalogue written by one user could not be read by a server run as another."""
+    mode = (0o777 if directory else 0o666) & ~current_umask()
+    if isinstance(path, int):
+        os.fchmod(path, mode)
+    else:
+        os.chmod(path, mode)
+
+
+def fsync_directory(path: str | os.PathLike[str]) -> None:
+    """Flush a folder's entries (a rename in it) to disk, where the platform allows it."""
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike[str], mode: str = "w", **kwargs: Any) -> Iterator[IO]:
-    """Open a temporary file beside ``path``; rename it onto ``path`` only if the block succeeds."""
+    """Open a temporary file beside ``path``; rename it onto ``path`` only if the block succeeds.
+
+    The file gets the mode the umask gives (not ``mkstemp``'s 0600); the rename is flushed to
+    disk with its folder.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        apply_umask(fd)
         with os.fdopen(fd, mode, **kwargs) as handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+        fsync_directory(path.parent)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)

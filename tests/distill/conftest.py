@@ -27,7 +27,7 @@ def write_tiny_catalogue(root: Path, *, n_train: int = 6, n_val: int = 3) -> dic
     """``item2meta_train.json`` (+ images), ``item2meta_valid.jsonl`` (+ images).
 
     The train set has a missing image and a corrupt one; the validation set has an image name
-    that climbs out of its folder. All are described, so they reach the placeholder path.
+    that links out of its folder. All are described, so they reach the placeholder path.
     """
     train_dir, val_dir = root / "train_images", root / "valid_images"
     train_dir.mkdir(parents=True)
@@ -64,10 +64,14 @@ def write_tiny_catalogue(root: Path, *, n_train: int = 6, n_val: int = 3) -> dic
                 "image_description_llava_cleaned": f"a plain {colour} {thing}",
             }
         )
+    # A link out of the image folder (a name that is a path, ../x.jpg, is refused by the loader
+    # itself: tests/data/test_loaders.py).
+    _draw(root / "outside.jpg", "white")
+    (val_dir / "ESCAPE_0.jpg").symlink_to(root / "outside.jpg")
     lines.append(
         {
             "title": "escape",
-            "image_name": "../../escape_0.jpg",
+            "image_name": "ESCAPE_0.jpg",
             "image": None,
             "image_description_llava_cleaned": "a plain white box",
         }

@@ -43,7 +43,7 @@ def test_jsonl_in_jsonl_out(tiny_catalogue, tmp_path, capsys):
         assert {k: v for k, v in g.items() if k != describe.VALID_FIELD} == {
             k: v for k, v in s.items() if k != describe.VALID_FIELD
         }
-        if s["image_name"].startswith(".."):
+        if s["image_name"] == "ESCAPE_0.jpg":  # a link out of the image folder
             assert g[describe.VALID_FIELD] is None  # never described as the placeholder
         else:
             assert isinstance(g[describe.VALID_FIELD], str)

@@ -562,14 +562,19 @@ def _load_train_meta(path: Path, *, lenient: bool, report: LoadReport) -> dict[s
     return items
 
 
+def _is_plain_file_name(name: str) -> bool:
+    """A name that stays inside whatever folder it is joined onto (no separator, no ``..``)."""
+    return name not in {".", ".."} and not any(c in name for c in "/\\\x00")
+
+
 def _valid_item_id(image_name: str, item_id: Any = None) -> str:
     """The item an ``item2meta_valid.jsonl`` line belongs to.
 
     An ``item_id`` key on the line (optional; the seed's files have none) wins. Otherwise a name
     of the seed's form ``<item>_<k>.jpg`` gives ``<item>``; any other name (``mug-red.png``) is
-    an item of its own, identified by the name itself. The name is not checked for safety here:
-    every reader joins it onto its image folder with :func:`lavic.io.safe_join`, so a name that
-    would leave the folder is never opened (counted as ``unsafe``).
+    an item of its own, identified by the name itself. A name that is a path (``../x.jpg``,
+    ``a/b.jpg``) is refused by the loader before this; readers still join names onto their
+    folder with :func:`lavic.io.safe_join` (a link out of the folder is refused there).
 
     Raises:
         _BadRecord: ``item_id`` given but not a non-empty string.
@@ -594,6 +599,11 @@ def _load_valid_meta(path: Path, *, lenient: bool, report: LoadReport) -> dict[s
             image_name = _as_str(_require(obj, "image_name"), "image_name")
             if not image_name.strip():
                 raise _BadRecord("key 'image_name' is an empty string")
+            if not _is_plain_file_name(image_name):
+                raise _BadRecord(
+                    f"key 'image_name' {image_name!r} is not a plain file name: it names a path "
+                    "(a separator or '..'), which would leave the image folder"
+                )
             item_id = _valid_item_id(image_name, obj.get("item_id"))
             if image_name in seen:
                 raise _BadRecord(

@@ -415,6 +415,7 @@ def _save_cache(backbone: Backbone, final: Path, manifest: dict[str, Any]) -> No
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
     try:
+        apply_umask(tmp, directory=True)  # mkdtemp's 0700 would hide it from other users
         backbone.model.save_pretrained(str(tmp), safe_serialization=True)
         backbone.processor.save_pretrained(str(tmp))
         atomic_write_json(tmp / CACHE_MANIFEST, manifest)
