@@ -45,7 +45,7 @@ from transformers.models.llava_next.image_processing_pil_llava_next import (
 
 from lavic.artifacts import ADAPTER_WEIGHTS
 from lavic.errors import LavicError
-from lavic.io import atomic_write_json
+from lavic.io import apply_umask, atomic_write_json
 from lavic.model.backbone import Backbone, add_item_tokens
 from lavic.prompts import IMAGE_TOKEN
 
