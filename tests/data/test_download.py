@@ -92,6 +92,7 @@ def args_for(server: LocalServer, dest: Path, **kw) -> Args:
         retries=kw.pop("retries", 2),
         backoff_base=0.01,
         timeout=5,
+        allow_private_hosts=True,  # the local server is on 127.0.0.1
         **kw,
     )
 
@@ -227,6 +228,7 @@ def test_cli_exit_code_and_one_line_error(server, tmp_path, capsys):
     server.add(f"{PREFIX}/amazon_fashion/train.jsonl", status(404))
     dest = tmp_path / "data"
     flags = ["--dest", str(dest), "--base_url", server.url(PREFIX), "--retries", "0"]
+    flags.append("--allow_private_hosts")
     assert cli_main(["download-data", *flags]) == 2
     captured = capsys.readouterr()
     err_lines = [

@@ -60,6 +60,7 @@ def _argv(table, out, *extra):
         "--images_root",
         str(table.pictures),
         *COLUMNS,
+        "--allow_private_hosts",  # the table's URL is on the local 127.0.0.1 server
         *extra,
     ]
 
@@ -165,6 +166,7 @@ def _import(path, table, out, **kw):
         id_column="sku",
         title_column="name",
         image_column="picture",
+        allow_private_hosts=True,  # the table's URL is on the local 127.0.0.1 server
         **kw,
     )
     return import_catalogue(args)
