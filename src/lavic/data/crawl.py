@@ -292,7 +292,10 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedIm
     except Exception as exc:
         # PIL's parsers raise more than the types above on hostile bytes (struct.error,
         # TypeError, ZeroDivisionError...): one bad image, never the end of the crawl.
-        raise FetchFailure("not_image", f"unreadable image: {type(exc).__name__}: {exc}") from None
+        kind = type(exc).__qualname__
+        if type(exc).__module__ != "builtins":
+            kind = f"{type(exc).__module__}.{kind}"
+        raise FetchFailure("not_image", f"unreadable image: {kind}: {exc}") from None
     out = io.BytesIO()
     rgb.save(out, format="JPEG", quality=JPEG_QUALITY)
     return DecodedImage(out.getvalue(), rgb.width, rgb.height)

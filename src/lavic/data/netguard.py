@@ -89,7 +89,7 @@ def address_problem(address: IPAddress) -> str | None:
         ("is_private", "a private address"),
     )
     for attribute, words in checks:
-        if getattr(inner, attribute) or getattr(address, attribute):
+        if getattr(inner, attribute):
             return words
     if not inner.is_global:
         return "not a public address"  # e.g. 100.64.0.0/10, shared address space
