@@ -623,7 +623,8 @@ class _Crawler:
                     )
                     body = bytearray()
                     async for chunk in response.aiter_raw():
-                        body += decoder.feed(chunk)
+                        for piece in decoder.feed(chunk):
+                            body += piece
                     body += decoder.flush()
                     return bytes(body)
         except FetchFailure:

@@ -40,6 +40,7 @@ import ipaddress
 import socket
 import time
 import zlib
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -310,10 +311,11 @@ class CappedDecoder:
     """Decode a body's ``Content-Encoding`` piece by piece, never holding more than the cap.
 
     httpx's own decoder inflates a whole network read at once: 64 KiB of gzip can become
-    64 MiB before any cap is checked. Here ``zlib`` is asked for at most what the cap still
-    allows (``max_length``), so a gzip bomb stops at ``cap + 1`` decoded bytes.
+    64 MiB before any cap is checked. Here ``zlib`` is asked for at most :attr:`PIECE` bytes
+    at a time and never more than the cap still allows (``max_length``), so a gzip bomb stops
+    at ``cap + 1`` decoded bytes and the caller holds about the cap, not a multiple of it.
 
-    Feed it the raw bytes (``response.iter_raw()``); it returns the decoded ones.
+    Feed it the raw bytes (``response.iter_raw()``); it yields the decoded ones in pieces.
 
     Raises:
         UnsupportedEncoding: on construction for an encoding it does not know (the request
@@ -322,6 +324,7 @@ class CappedDecoder:
     """
 
     ACCEPT_ENCODING = "gzip, deflate"
+    PIECE = 256 * 1024
 
     def __init__(self, content_encoding: str | None, cap: int):
         self.cap = cap
@@ -347,25 +350,24 @@ class CappedDecoder:
             raise BodyTooLarge(f"decoded body exceeds {self.cap} bytes")
         return piece
 
-    def feed(self, raw: bytes) -> bytes:
-        """The decoded bytes of the next raw piece."""
+    def feed(self, raw: bytes) -> Iterator[bytes]:
+        """The decoded bytes of the next raw piece, in pieces of at most :attr:`PIECE`."""
         if self._zlib is None:
-            return self._count(raw)
-        out = bytearray()
+            yield self._count(raw)
+            return
         data = raw
         while data and not self._zlib.eof:
             try:
-                piece = self._zlib.decompress(data, self.cap - self.total + 1)
+                piece = self._zlib.decompress(data, min(self.PIECE, self.cap - self.total + 1))
             except zlib.error as exc:
-                if self._deflate and self.total == 0 and not out:
+                if self._deflate and self.total == 0:
                     self._zlib = zlib.decompressobj(-zlib.MAX_WBITS)  # raw deflate
                     self._deflate = False
                     continue
                 raise UnsupportedEncoding(f"corrupt compressed body: {exc}") from None
             self._deflate = False
-            out += self._count(piece)
+            yield self._count(piece)
             data = self._zlib.unconsumed_tail
-        return bytes(out)
 
     def flush(self) -> bytes:
         """What the decoder still holds once the raw body has ended."""
