@@ -357,3 +357,25 @@ def test_a_pinned_https_request_still_checks_the_certificate_against_the_name(
             pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"),
         ):
             plain.get(server.url("/ok.jpg").replace("http:", "https:"))
+
+
+@pytest.mark.timeout(30)
+def test_through_a_proxy_the_target_is_still_checked(server, monkeypatch, tmp_path):
+    """With HTTP_PROXY set (here the local server plays the proxy) the guard still checks the
+    target's own address before the proxy is asked: 10.0.0.1 and 169.254.169.254 never reach
+    it, a public name does (not pinned: the proxy resolves it)."""
+    sent = route_public_name(monkeypatch, server)
+    monkeypatch.setenv("HTTP_PROXY", server.url(""))
+    server.add(f"http://{PUBLIC_NAME}/ok.jpg", ok(image_bytes(seed=4)))  # as a proxy sees it
+    targets = [
+        ImageTarget(f"http://{PUBLIC_NAME}/ok.jpg", "OK_0.jpg"),
+        ImageTarget("http://10.0.0.1/a.jpg", "TEN_0.jpg"),
+        ImageTarget("http://169.254.169.254/latest/meta-data/", "META_0.jpg"),
+    ]
+    report = crawl_images(targets, tmp_path / "images", GUARDED)
+    assert {r.file: (r.status, r.reason) for r in report.records} == {
+        "OK_0.jpg": ("saved", None),
+        "TEN_0.jpg": ("failed", "refused"),
+        "META_0.jpg": ("failed", "refused"),
+    }
+    assert server.total() == 1 and sent == [(PUBLIC_NAME, PUBLIC_NAME)]

@@ -27,7 +27,8 @@ The guard, one for every command that fetches:
 Not covered: through a proxy from the environment (``HTTP(S)_PROXY``) the proxy resolves and
 connects, so the name is checked with this machine's DNS but the request cannot be pinned to
 the checked address (and the proxy itself may well sit on a private address: it is not
-checked). A pinned request uses the first address the resolver gives, without trying the
+checked); a name this machine cannot resolve fails as a connection error even when the proxy
+could resolve it (refusing what cannot be checked). A pinned request uses the first address the resolver gives, without trying the
 others (no "happy eyeballs" fallback).
 
 :class:`CappedDecoder` is the other half: it decodes a gzip/deflate body a bounded piece at a
