@@ -287,3 +287,74 @@ def image_bytes(
     out = io.BytesIO()
     im.save(out, format=fmt)
     return out.getvalue()
+
+
+# ------------------------------------------------------------------------------- a public name
+
+PUBLIC_NAME = "public.example"
+# A globally routable address (example.com's): the guard lets it through. Nothing ever connects
+# to it: `route_public_name` sends what is addressed to it to the local server instead.
+PUBLIC_ADDRESS = "93.184.215.14"
+
+
+def route_public_name(monkeypatch: Any, server: LocalServer) -> list[tuple[str, str]]:
+    """Make ``http://public.example/...`` a public host that is really the local server.
+
+    The guard's resolver (``lavic.data.netguard.resolve``) answers :data:`PUBLIC_ADDRESS` for
+    :data:`PUBLIC_NAME`, so the guard checks a public address and pins the request to it; httpx's
+    transports (under the guard) then deliver a request for that address to the local server.
+    Every other name resolves as usual, so a redirect to ``127.0.0.1`` or ``localhost`` meets
+    the real check.
+
+    Returns:
+        ``(host the transport was asked to connect to, Host header)`` per request sent, in
+        order: what got past the guard.
+    """
+    import httpx
+
+    from lavic.data import netguard
+
+    real_resolve = netguard.resolve
+    sent: list[tuple[str, str]] = []
+
+    def resolve(host: str, port: int) -> list[str]:
+        return [PUBLIC_ADDRESS] if host == PUBLIC_NAME else real_resolve(host, port)
+
+    def to_server(request: httpx.Request) -> httpx.Request:
+        sent.append((request.url.host, request.headers.get("host", "")))
+        if request.url.host != PUBLIC_ADDRESS:
+            return request
+        return httpx.Request(
+            request.method,
+            request.url.copy_with(host="127.0.0.1", port=server.port),
+            headers=request.headers,
+            stream=request.stream,
+            extensions=request.extensions,
+        )
+
+    sync_send = httpx.HTTPTransport.handle_request
+    async_send = httpx.AsyncHTTPTransport.handle_async_request
+
+    def handle_request(self: Any, request: httpx.Request) -> httpx.Response:
+        return sync_send(self, to_server(request))
+
+    async def handle_async_request(self: Any, request: httpx.Request) -> httpx.Response:
+        return await async_send(self, to_server(request))
+
+    monkeypatch.setattr(netguard, "resolve", resolve)
+    monkeypatch.setattr(httpx.HTTPTransport, "handle_request", handle_request)
+    monkeypatch.setattr(httpx.AsyncHTTPTransport, "handle_async_request", handle_async_request)
+    return sent
+
+
+def gzip_route(body: bytes, content_type: str = "image/jpeg", encoding: str = "gzip") -> Route:
+    """200 with ``body`` sent compressed (``Content-Encoding: gzip`` or ``deflate``)."""
+    import gzip
+    import zlib
+
+    packed = gzip.compress(body, mtime=0) if encoding == "gzip" else zlib.compress(body)
+
+    def route(h: BaseHTTPRequestHandler, n: int) -> None:
+        _send(h, 200, packed, {"Content-Type": content_type, "Content-Encoding": encoding})
+
+    return route

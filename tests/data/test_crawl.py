@@ -61,8 +61,16 @@ def server():
         yield s
 
 
+# The local server is on 127.0.0.1: these tests opt in to private hosts (the guard's own
+# tests, in test_netguard.py, leave it off).
 FAST = CrawlOptions(
-    concurrency=8, timeout=1.0, retries=2, backoff_base=0.01, max_backoff=5.0, progress=False
+    concurrency=8,
+    timeout=1.0,
+    retries=2,
+    backoff_base=0.01,
+    max_backoff=5.0,
+    progress=False,
+    allow_private_hosts=True,
 )
 
 
@@ -532,7 +540,7 @@ def test_cli_exit_codes(server, tmp_path):
     _write_valid_meta(
         meta, [(server.url("/ok.jpg"), "A_0.jpg"), (server.url("/nope.jpg"), "B_0.jpg")]
     )
-    flags = ["--retries", "0", "--backoff_base", "0.01", "--timeout", "2"]
+    flags = ["--retries", "0", "--backoff_base", "0.01", "--timeout", "2", "--allow_private_hosts"]
     base = ["crawl", "--item_meta_path", str(meta), *flags]
     assert cli_main([*base, "--images_dir", str(tmp_path / "i1")]) == 0
     assert cli_main([*base, "--images_dir", str(tmp_path / "i2"), "--strict"]) == 1
@@ -552,13 +560,14 @@ def test_cli_defaults_are_the_seed_layout(server, tmp_path, monkeypatch, capsys)
         json.dumps({"T": {"images": [{"large": server.url("/t.jpg")}]}})
     )
     monkeypatch.chdir(tmp_path)
-    assert cli_main(["crawl", "--timeout", "2"]) == 0
+    assert cli_main(["crawl", "--timeout", "2", "--allow_private_hosts"]) == 0
     assert final_files(tmp_path / "data" / "train_images") == {"T_0.jpg"}
     assert final_files(tmp_path / "data" / "valid_images") == {"V_0.jpg"}
     out = capsys.readouterr().out
     assert "saved:         1" in out and "already there: 0" in out
     # --item_meta_path alone picks the seed's folder beside it.
-    assert cli_main(["crawl", "--item_meta_path", "data/item2meta_valid.jsonl"]) == 0
+    argv = ["crawl", "--item_meta_path", "data/item2meta_valid.jsonl", "--allow_private_hosts"]
+    assert cli_main(argv) == 0
     assert "already there: 1" in capsys.readouterr().out
 
 
@@ -573,7 +582,7 @@ def test_kill_and_resume_leaves_no_partial_file(server, tmp_path):
     cmd = [
         sys.executable, "-m", "lavic.cli", "crawl", "--item_meta_path", str(meta),
         "--images_dir", str(images), "--concurrency", "4", "--timeout", "10",
-        "--retries", "1", "--backoff_base", "0.05",
+        "--retries", "1", "--backoff_base", "0.05", "--allow_private_hosts",
     ]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if k not in PROXY_VARS}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -22,9 +22,19 @@ from lavic.data.download import (
     read_checksums,
     verify_jsonl,
 )
+from lavic.data.netguard import HostRefused
 from lavic.errors import DataError
 
-from .http_server import LocalServer, cut, ranged, sequence, status
+from .http_server import (
+    PUBLIC_NAME,
+    LocalServer,
+    cut,
+    ranged,
+    redirect,
+    route_public_name,
+    sequence,
+    status,
+)
 
 PREFIX = "/jeon185/LaViC/main/data"
 PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
@@ -92,6 +102,7 @@ def args_for(server: LocalServer, dest: Path, **kw) -> Args:
         retries=kw.pop("retries", 2),
         backoff_base=0.01,
         timeout=5,
+        allow_private_hosts=True,  # the local server is on 127.0.0.1
         **kw,
     )
 
@@ -227,6 +238,7 @@ def test_cli_exit_code_and_one_line_error(server, tmp_path, capsys):
     server.add(f"{PREFIX}/amazon_fashion/train.jsonl", status(404))
     dest = tmp_path / "data"
     flags = ["--dest", str(dest), "--base_url", server.url(PREFIX), "--retries", "0"]
+    flags.append("--allow_private_hosts")
     assert cli_main(["download-data", *flags]) == 2
     captured = capsys.readouterr()
     err_lines = [
@@ -236,6 +248,45 @@ def test_cli_exit_code_and_one_line_error(server, tmp_path, capsys):
     assert "HTTP 404" in captured.out and "Traceback" not in captured.err
     assert server.count(f"{PREFIX}/amazon_fashion/train.jsonl") == 1  # 404 is not retried
     assert (dest / "amazon_home" / "train.jsonl").exists()
+
+
+def test_a_private_base_url_is_refused_before_any_request(server, tmp_path, capsys):
+    """Without --allow_private_hosts a --base_url on 127.0.0.1 is one clear error (exit 2),
+    before any request and before --dest is made."""
+    dest = tmp_path / "data"
+    args = Args(dest=dest, base_url=server.url(PREFIX), retries=0, timeout=5)
+    with pytest.raises(HostRefused) as info:
+        download_data(args)
+    assert str(info.value) == (
+        f"refused {server.url(PREFIX)}: 127.0.0.1 is a loopback address "
+        "(use --allow_private_hosts to allow)"
+    )
+    assert cli_main(["download-data", "--dest", str(dest), "--base_url", server.url(PREFIX)]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(errors) == 1 and "--allow_private_hosts" in errors[0]
+    assert server.total() == 0 and not dest.exists()
+
+
+def test_a_redirect_to_loopback_is_refused_and_the_other_files_still_come(
+    server, published, tmp_path, monkeypatch
+):
+    """A public mirror (public.example, really the local server) whose one file redirects to
+    127.0.0.1: that file fails with the refusal, the redirect's target is never requested."""
+    route_public_name(monkeypatch, server)
+    server.add(f"{PREFIX}/amazon_home/test.jsonl", redirect(server.url("/secret.jsonl")))
+    server.add("/secret.jsonl", ranged(_jsonl([{"secret": 1}])))
+    args = Args(dest=tmp_path / "data", base_url=f"http://{PUBLIC_NAME}{PREFIX}", retries=2)
+    results = {r.path: r for r in download_data(args)}
+    refused = results.pop("amazon_home/test.jsonl")
+    assert refused.status == "failed"
+    assert refused.error == (
+        f"refused {server.url('/secret.jsonl')}: 127.0.0.1 is a loopback address "
+        "(use --allow_private_hosts to allow)"
+    )
+    assert {r.status for r in results.values()} == {"downloaded"}
+    assert server.count("/secret.jsonl") == 0
+    assert server.count(f"{PREFIX}/amazon_home/test.jsonl") == 1  # a refusal is not retried
+    assert not (tmp_path / "data" / "amazon_home" / "test.jsonl").exists()
 
 
 def test_read_checksums_and_verify_jsonl_report_lines(tmp_path):

@@ -60,6 +60,7 @@ def _argv(table, out, *extra):
         "--images_root",
         str(table.pictures),
         *COLUMNS,
+        "--allow_private_hosts",  # the table's URL is on the local 127.0.0.1 server
         *extra,
     ]
 
@@ -165,6 +166,7 @@ def _import(path, table, out, **kw):
         id_column="sku",
         title_column="name",
         image_column="picture",
+        allow_private_hosts=True,  # the table's URL is on the local 127.0.0.1 server
         **kw,
     )
     return import_catalogue(args)
@@ -346,3 +348,19 @@ def test_the_walk_through_example_imports_as_docs_own_catalogue_says(tmp_path, c
     assert report["image_failures"][0].endswith(
         "products.csv: row 21: no such file " + str(example / "pictures" / "bottle-yellow.jpg")
     )
+
+
+def test_a_url_on_a_private_host_is_refused_without_the_flag(table, server, tmp_path):
+    """The table's URL is on 127.0.0.1: without --allow_private_hosts it is refused (counted
+    and named in the report, never requested); the local pictures still import."""
+    argv = _argv(table, tmp_path / "catalogue", "--lenient")
+    argv.remove("--allow_private_hosts")
+    assert main(argv) == 0
+    report = json.loads((tmp_path / "catalogue" / REPORT_FILE).read_text())
+    assert report["images"] == {"wanted": 8, "copied": 6, "crawled": 0, "failed": 2}
+    assert report["failures_by_reason"] == {"missing": 1, "refused": 1}
+    refused = [m for m in report["image_failures"] if "refused" in m]
+    assert len(refused) == 1 and "127.0.0.1 is a loopback address" in refused[0]
+    assert refused[0].endswith("(use --allow_private_hosts to allow)")
+    assert server.count(table.url_path) == 0
+    assert not (tmp_path / "catalogue" / IMAGES_DIR / "SCARF-URL_0.jpg").exists()

@@ -54,7 +54,7 @@ def test_import_describe_distill_index_serve_on_tiny(tmp_path, monkeypatch, caps
         argv = [
             "import-catalogue", "--table_path", table.csv_path, "--output_dir", cat,
             "--images_root", table.pictures, "--id_column", "sku", "--title_column", "name",
-            "--image_column", "picture", "--lenient", "--workers", "1",
+            "--image_column", "picture", "--lenient", "--workers", "1", "--allow_private_hosts",
         ]  # fmt: skip
         assert main([str(a) for a in argv]) == 0
         assert server.count(table.url_path) == 1

@@ -317,6 +317,7 @@ def test_crawl_kill_9_then_rerun(tmp_path, tally):
         argv = [
             "crawl", "--item_meta_path", str(meta), "--images_dir", str(images),
             "--concurrency", "4", "--timeout", "10", "--retries", "1", "--backoff_base", "0.05",
+            "--allow_private_hosts",  # the server is on 127.0.0.1
         ]  # fmt: skip
         observed: list[str] = []
 

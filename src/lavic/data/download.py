@@ -20,6 +20,7 @@ request after a cut; a file already present and valid is not fetched again.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -84,6 +85,13 @@ class Args:
     )
     keep_zip: bool = field(
         default=False, metadata={"help": f"keep {TRAIN_META_ZIP} after unzipping it"}
+    )
+    allow_private_hosts: bool = field(
+        default=False,
+        metadata={
+            "help": "allow a --base_url (or a redirect) on a loopback, private or link-local "
+            "address (a mirror on your own network); refused by default"
+        },
     )
 
     def __post_init__(self) -> None:
@@ -223,10 +231,14 @@ class _Downloader:
     def __init__(self, args: Args):
         import httpx
 
+        from lavic.data import netguard
+
         self.args = args
         self.base_url = args.base_url.rstrip("/")
         self.requests = 0
-        self.client = httpx.Client(
+        # Every request, redirect hops included, is checked for a non-public address.
+        self.client = netguard.client(
+            args.allow_private_hosts,
             follow_redirects=True,
             max_redirects=5,
             timeout=httpx.Timeout(args.timeout),
@@ -247,6 +259,8 @@ class _Downloader:
         """
         import httpx
         from tqdm.auto import tqdm
+
+        from lavic.data.netguard import HostRefused
 
         url = f"{self.base_url}/{remote}"
         attempt = 0
@@ -301,6 +315,8 @@ class _Downloader:
                 return
             except FetchFailure as failure:
                 error = failure
+            except HostRefused:
+                raise  # a LavicError naming the URL refused; never retried
             except httpx.HTTPError as exc:
                 error = http_failure(exc)
             if not is_retryable(error) or attempt >= self.args.retries:
@@ -432,6 +448,24 @@ def _get_one(dl: _Downloader, dest: Path, remote: str, sums: dict[str, str]) -> 
     return FileResult(remote, "downloaded", digest, size)
 
 
+def _check_base_url(base_url: str) -> None:
+    """Refuse a ``--base_url`` on a non-public address once, before any file is tried.
+
+    (Each request, redirects included, is checked again by the client: this only turns eleven
+    identical failures into one clear error.) A name that does not resolve is left to the
+    fetches, which retry and report it per file.
+
+    Raises:
+        HostRefused: the base URL's host is not public.
+    """
+    import httpx
+
+    from lavic.data.netguard import check_url
+
+    with contextlib.suppress(httpx.ConnectError):
+        check_url(base_url)
+
+
 def download_data(args: Args) -> list[FileResult]:
     """Fetch, verify and lay out every published file under ``args.dest``.
 
@@ -442,8 +476,10 @@ def download_data(args: Args) -> list[FileResult]:
         One result per file (``item2meta_train.json.zip`` reported as ``item2meta_train.json``).
     """
     dest = Path(args.dest)
-    dest.mkdir(parents=True, exist_ok=True)
     sums = read_checksums(args.checksums) if args.checksums is not None else {}
+    if not args.allow_private_hosts:
+        _check_base_url(args.base_url)
+    dest.mkdir(parents=True, exist_ok=True)
     dl = _Downloader(args)
     results: list[FileResult] = []
     try:

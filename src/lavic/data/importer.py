@@ -145,6 +145,13 @@ class Args:
     retries: int = field(
         default=4, metadata={"help": "extra attempts per URL after a timeout, 5xx"}
     )
+    allow_private_hosts: bool = field(
+        default=False,
+        metadata={
+            "help": "also fetch image URLs on loopback, private and link-local addresses (your "
+            "own intranet); by default they, and redirects to them, are refused"
+        },
+    )
 
     def __post_init__(self) -> None:
         for name in ("table_path", "output_dir"):
@@ -909,7 +916,10 @@ def import_catalogue(args: Args) -> ImportReport:
         if not log.isEnabledFor(logging.DEBUG):
             logging.getLogger("httpx").setLevel(logging.WARNING)
         options = CrawlOptions(
-            concurrency=args.concurrency, timeout=args.timeout, retries=args.retries
+            concurrency=args.concurrency,
+            timeout=args.timeout,
+            retries=args.retries,
+            allow_private_hosts=args.allow_private_hosts,
         )
         crawl = crawl_images(remote, images_dir, options)
         where = {t.name: t.where for t in remote}
