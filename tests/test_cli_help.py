@@ -8,7 +8,9 @@ Deliberate changes since: ``import-catalogue`` (new command); ``build-tiny`` (th
 ``--instruct_schedule``, ``--describe_weight``); ``synthesize --title_look``; ``demo
 --tune_steps`` (one stage-2 model for every category) and ``--tune_curriculum``; ``tune
 --candidate_curriculum``; ``distill``/``tune --precision`` (one list of choices for both
-stages, the default unchanged).
+stages, the default unchanged); ``import-catalogue --encoding``; ``check-data --data_dir``
+optional (a catalogue alone); ``--threads`` on describe, distill, tune, evaluate, index and
+serve (issue 22).
 """
 
 from __future__ import annotations

@@ -110,6 +110,14 @@ def test_check_dataset_numbers_by_hand(dataset):
     assert st["recall_at_1_ceiling"] == pytest.approx(0.6)
     # items among candidates + gt: A B X E F G; without a title: B (null), X, E, G
     assert (st["items"], st["items_without_title"]) == (6, 4)
+    # ... of which X, E and G are not in the catalogue at all (B is, with a null title)
+    assert st["unknown_items"] == 3
+    test_jsonl = data / "beauty" / "test.jsonl"
+    assert st["unknown_examples"] == [
+        f"{test_jsonl}:2: 'X' is not in the catalogue",
+        f"{test_jsonl}:2: 'E' is not in the catalogue",
+        f"{test_jsonl}:3: 'G' is not in the catalogue",
+    ]
     # `_0` images of A B X E F G: A, X decode; B is corrupt; E, F, G are missing
     assert st["candidate_images"] == 6
     assert st["images"] == {"loaded": 2, "missing": 3, "unreadable": 1, "unsafe": 0, "oversized": 0}
@@ -176,6 +184,7 @@ def test_cli_table_and_json(dataset, tmp_path, capsys):
         "dup_gt": "1",
         "items": "6",
         "no_title": "4",
+        "unknown": "3",
         "cand_imgs": "6",
         "img_missing": "3",
         "img_bad": "1",

@@ -105,7 +105,9 @@ def test_lenient_import_writes_the_seed_layout_and_counts_what_it_skipped(
     assert report["items"] == len(GOOD_ROWS) and report["bad_rows"] == len(BAD_ROWS)
     assert report["images"] == {"wanted": 8, "copied": 6, "crawled": 1, "failed": 1}
     assert report["failures_by_reason"] == {"missing": 1}
-    assert report["items_without_image"] == 1
+    # The gift card has no picture, and the teal bottle's only picture is missing.
+    assert report["items_without_image"] == 2
+    assert "items without any image: 2 (shown with the placeholder)" in printed
     for number, (_, problem), message in zip(
         table.bad_rows, BAD_ROWS, report["bad_row_messages"], strict=True
     ):
@@ -225,13 +227,29 @@ def test_paths_and_links_out_of_the_images_root_are_never_read(tmp_path):
         "B,dots,../outside.jpg\n"
         "C,link,link.jpg\n"
         "D,file url,file:///etc/passwd\n"
+        "E,web path climbing,/m/../../outside.jpg\n"
     )
     out = tmp_path / "out"
     report = import_catalogue(Args(table, out, images_root=pictures, lenient=True))
-    assert report.items == 0 and report.bad_rows == 4
-    assert "only http(s) URLs" in report.bad_row_messages[3]
-    assert all("outside --images_root" in m for m in report.bad_row_messages[:3])
+    # With --images_root, a leading '/' is a web path under it: A is looked for (and missing)
+    # at pics/<tmp_path>/outside.jpg, never read where it lies.
+    assert report.items == 1 and report.bad_rows == 4
+    assert report.image_failures == [
+        f"{table}: row 1: no such file {pictures}{tmp_path / 'outside.jpg'}"
+    ]
+    assert "only http(s) URLs" in report.bad_row_messages[2]
+    assert all("outside --images_root" in report.bad_row_messages[i] for i in (0, 1, 3))
     assert not list((out / IMAGES_DIR).iterdir())
+
+    # Without --images_root (the table's folder is the root) an absolute path is just that,
+    # and one outside the table's folder is refused.
+    shop = tmp_path / "shop"
+    shop.mkdir()
+    table.rename(shop / "t.csv")
+    report = import_catalogue(Args(shop / "t.csv", tmp_path / "out2", lenient=True))
+    assert report.bad_row_messages[0].startswith(f"{shop / 't.csv'}: row 1: ")
+    assert "image path " + repr(str(tmp_path / "outside.jpg")) in report.bad_row_messages[0]
+    assert "is outside --images_root" in report.bad_row_messages[0]
 
 
 def test_missing_column_names_the_flag_and_the_columns_present(table, tmp_path):
