@@ -10,15 +10,19 @@ inside ``--output_dir`` only::
       import_report.json      what was read, written, skipped and why
 
 An image cell holds a URL (``http(s)://``, fetched by the crawler, :mod:`lavic.data.crawl`) or
-a path under ``--images_root`` (default: the table's folder). Several images may share a cell
+a path under ``--images_root`` (default: the table's folder); with ``--images_root`` given, a
+path with a leading ``/`` (``/m/b/mb01-blue-0.jpg``, a shop's media path) is read under it too. Several images may share a cell
 (a JSON/Parquet list, or a string split by ``--image_separator``); image ``k`` of an item
 becomes ``<item>_<k>.jpg``, as the seed's crawler names them, and ``<item>_0.jpg`` is the one
 that shows the item as a candidate.
 
 The table is streamed in chunks of ``--chunk_size`` rows (pandas ``read_csv(chunksize=...)``,
 pyarrow ``ParquetFile.iter_batches``, JSON lines one line at a time), the metadata is written as
-it goes, and local images are converted by a small thread pool, chunk by chunk, so memory
-depends on the chunk size and the number of item ids, not on the table.
+it goes, and local images are converted by ``--workers`` processes, chunk by chunk, so memory
+depends on the chunk size and the number of item ids, not on the table. CSV and TSV are read
+in ``--encoding`` (UTF-8 by default, a byte order mark skipped); a table that is not names its
+first undecodable line. Titles and descriptions lose their HTML: tags are removed and entities
+decoded (``Tom &amp; Jerry`` -> ``Tom & Jerry``), counted in the report.
 
 A bad row (no id, an id that cannot name a file, a repeated id, an image path outside
 ``--images_root``, a cell of the wrong type) stops the import with one line naming the file,
@@ -112,8 +116,8 @@ class Args:
         metadata={
             "help": "folder that local image paths are relative to (and must stay inside); a "
             "path with a leading '/' (/m/b/x.jpg, as shop platforms write media paths) is read "
-            "from this folder too; default: the table's folder (and a leading '/' is then an "
-            "absolute path, refused unless inside it)"
+            "from this folder too. None: the table's folder, where a leading '/' is an absolute "
+            "path (refused unless inside it)"
         },
     )
     image_separator: str | None = field(
@@ -136,8 +140,8 @@ class Args:
     workers: int = field(
         default=DEFAULT_WORKERS,
         metadata={
-            "help": "processes checking and converting local images, started only for a chunk "
-            f"with {MIN_POOL_JOBS}+ local images; default: one per usable core, at most 4"
+            "help": "processes checking and converting local images (one per usable core, at "
+            f"most 4), started only for a chunk with {MIN_POOL_JOBS}+ local images"
         },
     )
     link_images: bool = field(
