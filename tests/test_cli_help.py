@@ -9,7 +9,10 @@ Deliberate changes since: ``import-catalogue`` (new command); ``build-tiny`` (th
 --tune_steps`` (one stage-2 model for every category) and ``--tune_curriculum``; ``tune
 --candidate_curriculum``; ``distill``/``tune --precision`` (one list of choices for both
 stages, the default unchanged); ``crawl``/``import-catalogue``/``download-data
---allow_private_hosts`` (issue 20: non-public addresses are refused unless it is given).
+--allow_private_hosts`` (issue 20: non-public addresses are refused unless it is given);
+``import-catalogue --encoding``; ``check-data --data_dir``
+optional (a catalogue alone); ``--threads`` on describe, distill, tune, evaluate, index and
+serve (issue 22).
 """
 
 from __future__ import annotations

@@ -3,6 +3,9 @@
 Each subcommand lives in its own module, which defines ``Args`` (a config dataclass whose fields
 are the flags) and ``run(args: Args) -> int``. Modules are imported only when their command
 runs, so ``lavic --help`` is instant and a command never pays for another's imports.
+
+The commands that run a model on the CPU (:data:`THREADED_COMMANDS`) also take ``--threads``,
+declared and applied here, once, before the command runs.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import logging
 import os
 import sys
 
-from lavic.config import add_dataclass_arguments, dataclass_from_namespace
+from lavic.config import add_dataclass_arguments, dataclass_from_namespace, usable_cores
 from lavic.errors import LavicError
 
 # command -> (module, one-line summary)
@@ -40,6 +43,37 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+# Commands whose model runs torch ops on the CPU: they take --threads.
+THREADED_COMMANDS = ("describe", "distill", "tune", "evaluate", "index", "serve")
+THREADS_HELP = (
+    "torch CPU threads (torch.set_num_threads); on a CPU shared with other jobs, 1 is often "
+    "much faster (default: the usable cores, or OMP_NUM_THREADS if set)"
+)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def set_threads(threads: int | None) -> int:
+    """Set torch's intra-op CPU threads; returns the number set.
+
+    ``None`` means the default: ``OMP_NUM_THREADS`` when the user set it (torch reads it
+    too), otherwise the cores this process may run on, which under a container's or
+    ``taskset``'s CPU limit is fewer than the machine's.
+    """
+    import torch
+
+    if threads is None:
+        env = os.environ.get("OMP_NUM_THREADS", "")
+        threads = int(env) if env.isdigit() and int(env) > 0 else usable_cores()
+    torch.set_num_threads(threads)
+    return threads
+
+
 def _load(module_name: str):
     return importlib.import_module(module_name)
 
@@ -52,6 +86,13 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=summary, description=summary)
         if name == only:
             add_dataclass_arguments(p, _load(module_name).Args)
+            if name in THREADED_COMMANDS:
+                # Not a field of the command's Args: it is how the process runs, not what the
+                # command computes, so it is neither saved with an artefact nor a --config key.
+                p.add_argument(
+                    "--threads", dest="_threads", metavar="N", type=_positive_int, default=None,
+                    help=THREADS_HELP,
+                )  # fmt: skip
     return parser
 
 
@@ -89,6 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     module = _load(COMMANDS[namespace.command][0])
     try:
         args = dataclass_from_namespace(module.Args, namespace)
+        if namespace.command in THREADED_COMMANDS:
+            threads = set_threads(getattr(namespace, "_threads", None))
+            logging.getLogger(__name__).debug("torch CPU threads: %d", threads)
         return int(module.run(args) or 0)
     except LavicError as exc:
         print(f"lavic {namespace.command}: error: {exc}", file=sys.stderr)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import types
 import typing
 from pathlib import Path
@@ -28,6 +29,14 @@ from lavic.errors import LavicError
 from lavic.io import atomic_write_text
 
 T = TypeVar("T")
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask, e.g. under ``taskset`` or a
+    container's cpuset), not the machine's count."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
 
 
 def _unwrap_optional(tp: Any) -> tuple[Any, bool]:

@@ -106,3 +106,37 @@ def write_table(root: Path, url: str | None) -> Table:
         good_ids=[r[0] for r in GOOD_ROWS],
         bad_rows=bad_rows,
     )
+
+
+# A shop platform's own export, as it comes: media paths from the media root with a leading
+# slash, names with HTML entities and markup, a Latin-1 name. (sku, name as exported, image
+# path, the title the importer must write)
+SHOP_ROWS: list[tuple[str, str, str, str]] = [
+    ("MB01", "Cobalt CoolTech&trade; Fitness Short", "/m/b/mb01-blue-0.jpg",
+     "Cobalt CoolTech\u2122 Fitness Short"),
+    ("MB02", "Tom &amp; Jerry mug", "/m/b/mb02-red-0.jpg", "Tom & Jerry mug"),
+    ("MB03", "<b>Bold</b> mug", "/m/b/mb03-green-0.jpg", "Bold mug"),
+    ("MB04", "Caf\u00e9 cr\u00e8me <br/>bowl &lt;b&gt;", "/m/b/mb04-white-0.jpg",
+     "Caf\u00e9 cr\u00e8me bowl <b>"),
+    ("MB05", "Plain lamp, size < 10 kg", "/m/b/mb05-gone-0.jpg", "Plain lamp, size < 10 kg"),
+]  # fmt: skip
+
+
+def write_shop_export(root: Path, encoding: str = "utf-8") -> tuple[Path, Path]:
+    """``root/export.csv`` in ``encoding`` and ``root/media/m/b/*.jpg`` (MB05's is missing).
+
+    Returns:
+        (the table, the media root).
+    """
+    media = root / "media"
+    (media / "m" / "b").mkdir(parents=True, exist_ok=True)
+    for k, (_sku, _name, path, _title) in enumerate(SHOP_ROWS):
+        if "gone" not in path:
+            Image.new("RGB", (24, 24), (40 * k, 80, 160)).save(media / path.lstrip("/"))
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["sku", "name", "image", "price"])
+    writer.writerows([sku, name, path, "9.99"] for sku, name, path, _ in SHOP_ROWS)
+    table = root / "export.csv"
+    table.write_bytes(buf.getvalue().encode(encoding))
+    return table, media

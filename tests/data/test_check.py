@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from lavic.cli import main
-from lavic.data.check import check_dataset
+from lavic.data.check import check_catalogue, check_dataset
 
 
 def _conv(gt_items, **candidates) -> dict:
@@ -110,6 +110,14 @@ def test_check_dataset_numbers_by_hand(dataset):
     assert st["recall_at_1_ceiling"] == pytest.approx(0.6)
     # items among candidates + gt: A B X E F G; without a title: B (null), X, E, G
     assert (st["items"], st["items_without_title"]) == (6, 4)
+    # ... of which X, E and G are not in the catalogue at all (B is, with a null title)
+    assert st["unknown_items"] == 3
+    test_jsonl = data / "beauty" / "test.jsonl"
+    assert st["unknown_examples"] == [
+        f"{test_jsonl}:2: 'X' is not in the catalogue",
+        f"{test_jsonl}:2: 'E' is not in the catalogue",
+        f"{test_jsonl}:3: 'G' is not in the catalogue",
+    ]
     # `_0` images of A B X E F G: A, X decode; B is corrupt; E, F, G are missing
     assert st["candidate_images"] == 6
     assert st["images"] == {"loaded": 2, "missing": 3, "unreadable": 1, "unsafe": 0, "oversized": 0}
@@ -176,6 +184,7 @@ def test_cli_table_and_json(dataset, tmp_path, capsys):
         "dup_gt": "1",
         "items": "6",
         "no_title": "4",
+        "unknown": "3",
         "cand_imgs": "6",
         "img_missing": "3",
         "img_bad": "1",
@@ -242,3 +251,83 @@ def test_real_data_ceilings(shared_data, capsys):
     rows = _table_rows(capsys.readouterr().out)
     assert rows[("all_beauty", "test", "candidates_st")]["R@1_ceiling"] == "0.2011"
     assert rows[("amazon_home", "test", "candidates_gpt_large")]["R@1_ceiling"] == "0.6902"
+
+
+# ------------------------------------------------------------------------ a catalogue alone
+
+
+@pytest.fixture
+def catalogue(tmp_path):
+    """Items covering each case: a good one, an empty title, two sharing a title (one of
+    them with a copy of another's picture), a missing and a corrupt picture, no image listed."""
+    meta = {
+        "GOOD": {
+            "title": "Red mug",
+            "images": [{"path": "a.jpg"}, {"path": "b.jpg"}],
+            "image_descriptions_llava_cleaned": {"GOOD_0.jpg": "A red mug.", "GOOD_1.jpg": ""},
+        },
+        "NOTITLE": {"title": "", "images": [{"path": "c.jpg"}]},
+        "TWIN": {"title": "red  MUG", "images": [{"path": "a.jpg"}]},
+        "GONE": {"title": "Lamp", "images": [{"path": "gone.jpg"}]},
+        "BROKEN": {"title": "Bowl", "images": [{"path": "broken.jpg"}]},
+        "NOPIC": {"title": "Gift card", "images": []},
+    }
+    meta_path = tmp_path / "item2meta_train.json"
+    meta_path.write_text(json.dumps(meta), encoding="utf-8")
+    images = tmp_path / "train_images"
+    images.mkdir()
+    Image.new("RGB", (8, 8), (200, 0, 0)).save(images / "GOOD_0.jpg")
+    Image.new("RGB", (8, 8), (0, 200, 0)).save(images / "GOOD_1.jpg")
+    Image.new("RGB", (8, 8), (0, 0, 200)).save(images / "NOTITLE_0.jpg")
+    (images / "TWIN_0.jpg").write_bytes((images / "GOOD_0.jpg").read_bytes())
+    (images / "BROKEN_0.jpg").write_bytes(b"\xff\xd8\xff\xe0 cut short")
+    return meta_path, images
+
+
+def test_a_catalogue_alone_is_checked_without_conversations(catalogue, capsys):
+    meta_path, images = catalogue
+    summary = check_catalogue(meta_path, image_dir=images)
+    assert summary["items"] == 6
+    assert summary["titles"] == {"present": 5, "empty": 1}
+    # Listed: GOOD_0, GOOD_1, NOTITLE_0, TWIN_0, GONE_0, BROKEN_0 (NOPIC lists none)
+    assert summary["images"] == {
+        "loaded": 4, "missing": 1, "unreadable": 1, "unsafe": 0, "oversized": 0,
+    }  # fmt: skip
+    assert summary["items_listing_no_image"] == 1
+    assert summary["placeholder_items"] == 3  # GONE, BROKEN, NOPIC
+    assert summary["descriptions"] == {"images": 1, "items": 1}
+    assert summary["duplicates"] == {"titles": 2, "first_images": 1}
+    assert summary["examples"]["duplicate_title"] == ["GOOD = TWIN"]
+    assert summary["examples"]["duplicate_first_image"] == ["TWIN = GOOD"]
+    assert summary["examples"]["image_missing"] == ["GONE_0.jpg", "NOPIC_0.jpg"]
+
+    assert main(["check-data", "--item_meta_path", str(meta_path), "--image_dir", str(images)]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[:3] == [
+        f"catalogue: {meta_path}",
+        "  items:         6",
+        "  titles:        5 present, 1 empty (e.g. NOTITLE)",
+    ]
+    assert "4 readable, 1 missing (e.g. GONE_0.jpg, NOPIC_0.jpg)" in out
+    assert "  placeholder:   3 item(s) shown with the white placeholder" in out
+    assert "1 first picture(s) identical to another item's (e.g. TWIN = GOOD)" in out
+    # Without --image_dir: titles, descriptions and duplicate titles only.
+    assert main(["check-data", "--item_meta_path", str(meta_path)]) == 0
+    out = capsys.readouterr().out
+    assert "images:" not in out and "2 item(s) share a title" in out
+
+
+def test_check_data_needs_conversations_or_a_catalogue(capsys):
+    assert main(["check-data"]) == 2
+    assert "give --data_dir (conversations), --item_meta_path (a catalogue), or both" in (
+        capsys.readouterr().err
+    )
+
+
+def test_unknown_ids_are_named_with_their_line(dataset, capsys):
+    data, meta_path, _ = dataset
+    assert main(["check-data", "--data_dir", str(data), "--item_meta_path", str(meta_path)]) == 0
+    out = capsys.readouterr().out
+    test_jsonl = data / "beauty" / "test.jsonl"
+    assert f"unknown: {test_jsonl}:2: 'X' is not in the catalogue" in out
+    assert _table_rows(out)[("beauty", "test", "candidates_st")]["unknown"] == "3"

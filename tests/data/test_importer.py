@@ -20,7 +20,7 @@ from lavic.data.importer import IMAGES_DIR, META_FILE, REPORT_FILE, Args, import
 from lavic.data.loaders import load_item_meta
 from lavic.errors import DataError, LavicError
 
-from .catalogue_table import BAD_ROWS, GOOD_ROWS, write_table
+from .catalogue_table import BAD_ROWS, GOOD_ROWS, SHOP_ROWS, write_shop_export, write_table
 from .http_server import LocalServer, ok
 
 PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
@@ -106,7 +106,9 @@ def test_lenient_import_writes_the_seed_layout_and_counts_what_it_skipped(
     assert report["items"] == len(GOOD_ROWS) and report["bad_rows"] == len(BAD_ROWS)
     assert report["images"] == {"wanted": 8, "copied": 6, "crawled": 1, "failed": 1}
     assert report["failures_by_reason"] == {"missing": 1}
-    assert report["items_without_image"] == 1
+    # The gift card has no picture, and the teal bottle's only picture is missing.
+    assert report["items_without_image"] == 2
+    assert "items without any image: 2 (shown with the placeholder)" in printed
     for number, (_, problem), message in zip(
         table.bad_rows, BAD_ROWS, report["bad_row_messages"], strict=True
     ):
@@ -227,13 +229,29 @@ def test_paths_and_links_out_of_the_images_root_are_never_read(tmp_path):
         "B,dots,../outside.jpg\n"
         "C,link,link.jpg\n"
         "D,file url,file:///etc/passwd\n"
+        "E,web path climbing,/m/../../outside.jpg\n"
     )
     out = tmp_path / "out"
     report = import_catalogue(Args(table, out, images_root=pictures, lenient=True))
-    assert report.items == 0 and report.bad_rows == 4
-    assert "only http(s) URLs" in report.bad_row_messages[3]
-    assert all("outside --images_root" in m for m in report.bad_row_messages[:3])
+    # With --images_root, a leading '/' is a web path under it: A is looked for (and missing)
+    # at pics/<tmp_path>/outside.jpg, never read where it lies.
+    assert report.items == 1 and report.bad_rows == 4
+    assert report.image_failures == [
+        f"{table}: row 1: no such file {pictures}{tmp_path / 'outside.jpg'}"
+    ]
+    assert "only http(s) URLs" in report.bad_row_messages[2]
+    assert all("outside --images_root" in report.bad_row_messages[i] for i in (0, 1, 3))
     assert not list((out / IMAGES_DIR).iterdir())
+
+    # Without --images_root (the table's folder is the root) an absolute path is just that,
+    # and one outside the table's folder is refused.
+    shop = tmp_path / "shop"
+    shop.mkdir()
+    table.rename(shop / "t.csv")
+    report = import_catalogue(Args(shop / "t.csv", tmp_path / "out2", lenient=True))
+    assert report.bad_row_messages[0].startswith(f"{shop / 't.csv'}: row 1: ")
+    assert "image path " + repr(str(tmp_path / "outside.jpg")) in report.bad_row_messages[0]
+    assert "is outside --images_root" in report.bad_row_messages[0]
 
 
 def test_missing_column_names_the_flag_and_the_columns_present(table, tmp_path):
@@ -364,3 +382,112 @@ def test_a_url_on_a_private_host_is_refused_without_the_flag(table, server, tmp_
     assert refused[0].endswith("(use --allow_private_hosts to allow)")
     assert server.count(table.url_path) == 0
     assert not (tmp_path / "catalogue" / IMAGES_DIR / "SCARF-URL_0.jpg").exists()
+
+
+# ------------------------------------------------------------------ a shop's export, as it is
+
+
+def _shop_argv(table, media, out, *extra):
+    return [
+        "import-catalogue", "--table_path", str(table), "--output_dir", str(out),
+        "--id_column", "sku", "--title_column", "name", "--images_root", str(media), *extra,
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-8-sig", "latin-1"])
+def test_a_shop_export_imports_as_it_is(encoding, tmp_path, capsys):
+    table, media = write_shop_export(
+        tmp_path / "shop", "utf-8-sig" if encoding == "utf-8-sig" else encoding
+    )
+    out = tmp_path / "catalogue"
+    extra = ["--encoding", encoding] if encoding == "latin-1" else []
+    assert main(_shop_argv(table, media, out, *extra)) == 0
+    printed = capsys.readouterr().out
+    meta = load_item_meta(out / META_FILE)
+    # Web paths (`/m/b/...`) are read under --images_root; names lose their HTML.
+    assert {i: m.title for i, m in meta.items()} == {sku: title for sku, _, _, title in SHOP_ROWS}
+    raw = json.loads((out / META_FILE).read_text())
+    assert raw["MB01"]["images"] == [{"path": "/m/b/mb01-blue-0.jpg"}]  # as written
+    for sku, _, path, _ in SHOP_ROWS[:4]:
+        assert (out / IMAGES_DIR / f"{sku}_0.jpg").read_bytes() == (media / path[1:]).read_bytes()
+    report = json.loads((out / REPORT_FILE).read_text())
+    assert report["cleaned_text"] == {"entities": 3, "markup": 2}
+    assert report["images"] == {"wanted": 5, "copied": 4, "crawled": 0, "failed": 1}
+    assert report["image_failures"] == [f"{table}: row 5: no such file {media}/m/b/mb05-gone-0.jpg"]
+    assert report["items_without_image"] == 1
+    assert "HTML in text:   3 cell(s) with entities decoded, 2 with tags removed" in printed
+    assert "items without any image: 1 (shown with the placeholder)" in printed
+
+
+def test_a_latin1_export_read_as_utf8_names_its_first_bad_line(tmp_path, capsys):
+    table, media = write_shop_export(tmp_path / "shop", "latin-1")
+    out = tmp_path / "catalogue"
+    assert main(_shop_argv(table, media, out)) == 2
+    err = capsys.readouterr().err.strip()
+    # Row 4 (MB04,Café: é is its 9th byte) is the table's fifth line: the header is line 1.
+    assert err == (
+        f"lavic import-catalogue: error: {table}:5: not valid UTF-8 text (byte 9: invalid "
+        "continuation byte); if it was saved as Latin-1 or Windows-1252, pass --encoding "
+        "latin-1 or cp1252"
+    )
+    assert not (out / META_FILE).exists()
+    # The same with small chunks: the bad byte is met in a later chunk, after the header.
+    assert main(_shop_argv(table, media, out, "--chunk_size", "1")) == 2
+    assert f"{table}:5: not valid UTF-8 text" in capsys.readouterr().err
+    # An encoding that does not exist, or one given for JSON lines, is refused up front.
+    assert main(_shop_argv(table, media, out, "--encoding", "klingon")) == 2
+    assert "--encoding 'klingon': unknown encoding" in capsys.readouterr().err
+    jsonl = tmp_path / "t.jsonl"
+    jsonl.write_text('{"sku": "A", "name": "a", "image": "/m/b/mb01-blue-0.jpg"}\n')
+    assert main(_shop_argv(jsonl, media, out, "--encoding", "latin-1")) == 2
+    assert "only CSV and TSV tables take an encoding" in capsys.readouterr().err
+
+
+def test_temporaries_are_exclusive_never_followed_and_a_killed_runs_are_removed(tmp_path):
+    from lavic.data import importer
+
+    table, media = write_shop_export(tmp_path / "shop")
+    out = tmp_path / "catalogue"
+    images = out / IMAGES_DIR
+    images.mkdir(parents=True)
+    # A killed run's leftovers: the metadata's temporary (lavic.io.atomic_open names it so),
+    # an image's, and a link planted under the very name this process will use.
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    (out / f".{META_FILE}.x1y2z3.tmp").write_text('{"half": ')
+    (images / ".MB01_0.jpg.999999.tmp").write_bytes(b"\xff\xd8 half")
+    (images / f".MB02_0.jpg.{os.getpid()}.tmp").symlink_to(victim)
+    importer._write_renamed(images / "MB02_0.jpg", b"new bytes")  # the name is taken: no follow
+    assert victim.read_text() == "keep me"
+    assert (images / "MB02_0.jpg").read_bytes() == b"new bytes"
+    (images / f".MB03_0.jpg.{os.getpid()}.tmp").symlink_to(victim)
+
+    report = import_catalogue(
+        Args(table, out, id_column="sku", title_column="name", images_root=media)
+    )
+    assert report.items == len(SHOP_ROWS)
+    assert victim.read_text() == "keep me"
+    leftovers = [p.name for d in (out, images) for p in d.iterdir() if p.name.endswith(".tmp")]
+    assert leftovers == []
+
+
+def test_an_interrupted_import_leaves_no_temporary_behind(tmp_path, monkeypatch):
+    from lavic.data import importer
+
+    table, media = write_shop_export(tmp_path / "shop")
+    out = tmp_path / "catalogue"
+    real = importer.import_local_image
+    calls = []
+
+    def interrupted(source, dest, *args, **kwargs):
+        calls.append(dest)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # Ctrl-C in the middle of the images
+        return real(source, dest, *args, **kwargs)
+
+    monkeypatch.setattr(importer, "import_local_image", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        import_catalogue(Args(table, out, id_column="sku", title_column="name", images_root=media))
+    assert not (out / META_FILE).exists()  # only a whole table's metadata is ever written
+    leftovers = [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+    assert leftovers == []

@@ -25,8 +25,6 @@ from lavic.data.loaders import described_images, load_item_meta
 from .catalogue_table import BAD_ROWS, GOOD_ROWS, write_table
 from .http_server import LocalServer, ok
 
-pytestmark = pytest.mark.slow  # `tiny` (SmolLM2-135M) is loaded by four commands and the server
-
 PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
 
 
@@ -44,7 +42,8 @@ def _env() -> dict[str, str]:
     return env
 
 
-def test_import_describe_distill_index_serve_on_tiny(tmp_path, monkeypatch, capsys):
+@pytest.mark.slow  # `tiny` (SmolLM2-135M) is loaded by four commands and the server
+def test_import_describe_distill_index_serve_on_tiny(tmp_path, monkeypatch, capsys, caplog):
     for var in PROXY_VARS:
         monkeypatch.delenv(var, raising=False)
     with LocalServer() as server:
@@ -72,6 +71,8 @@ def test_import_describe_distill_index_serve_on_tiny(tmp_path, monkeypatch, caps
     ]  # fmt: skip
     assert main([str(a) for a in argv]) == 0
     summary = json.loads(capsys.readouterr().out)
+    # Photos, not drawn shapes: tiny says what it cannot do, once.
+    assert sum("`tiny` was trained on drawn synthetic shapes" in m for m in caplog.messages) == 1
     # 8 images listed (the gift card has none); the missing one is skipped, never described.
     assert summary["images"] == 8 and summary["described"] == 7
     assert summary["image_stats"]["missing"] == 1
@@ -83,7 +84,7 @@ def test_import_describe_distill_index_serve_on_tiny(tmp_path, monkeypatch, caps
         "distill", "--model_name", "tiny", "--train_data", described, "--val_data", described,
         "--train_images_dir", images, "--val_images_dir", images, "--output_dir", run,
         "--max_steps", "2", "--batch_size", "2", "--num_workers", "0", "--limit_val_items", "2",
-        "--no-teacher_eval", "--no-mismatched_eval", "--lr", "1e-3",
+        "--no-teacher_eval", "--no-mismatched_eval", "--lr", "1e-3", "--threads", "1",
     ]  # fmt: skip
     assert main([str(a) for a in argv]) == 0
     artefact = run / "vision_lora_adapter_best"
@@ -148,3 +149,93 @@ def test_import_describe_distill_index_serve_on_tiny(tmp_path, monkeypatch, caps
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=30)
+
+
+# ------------------------------------------------------------- what `tiny` says about photos
+
+
+def _stop_before_the_model(monkeypatch):
+    """``load_backbone`` raises: the command has done its checks, nothing heavy runs."""
+    from lavic.errors import LavicError
+    from lavic.model import backbone
+
+    def stop(*args, **kwargs):
+        raise LavicError("stopped before loading the model")
+
+    monkeypatch.setattr(backbone, "load_backbone", stop)
+
+
+def _imported(tmp_path):
+    meta = {
+        "MUG-1": {
+            "title": "Red mug",
+            "images": [{"path": "/m/r/red.jpg"}],
+            "image_descriptions_llava_cleaned": {"MUG-1_0.jpg": "A red mug."},
+        }
+    }
+    path = tmp_path / "item2meta_train.json"
+    path.write_text(json.dumps(meta))
+    images = tmp_path / "train_images"
+    images.mkdir()
+    return path, images
+
+
+def test_tiny_knows_a_synthetic_catalogue_from_a_shop_one(tmp_path, caplog):
+    from lavic.constants import SYNTHETIC_IMAGE_URL
+    from lavic.data.records import ItemMeta
+    from lavic.data.synthetic.catalogue import IMAGE_URL
+    from lavic.model.tiny import warn_if_off_domain
+
+    assert IMAGE_URL.startswith(SYNTHETIC_IMAGE_URL)  # what `lavic synthesize` writes
+    drawn = {
+        "B01": ItemMeta(
+            "B01", "t", ("B01_0.jpg",), {"B01_0.jpg": IMAGE_URL.format(name="B01_0.jpg")}
+        )
+    }
+    shop = {"MUG-1": ItemMeta("MUG-1", "Red mug", ("MUG-1_0.jpg",))}
+    fetched = {
+        "MUG-1": ItemMeta(
+            "MUG-1", "Red mug", ("MUG-1_0.jpg",), {"MUG-1_0.jpg": "https://shop.example/m.jpg"}
+        )
+    }
+    assert not warn_if_off_domain("tiny", drawn, "synthetic.json")
+    assert not warn_if_off_domain("llava-hf/llava-v1.6-mistral-7b-hf", shop, "shop.json")
+    assert not warn_if_off_domain("tiny-random", shop, "shop.json")  # test weights, no claim
+    assert warn_if_off_domain("tiny", shop, "shop.json")
+    assert warn_if_off_domain("tiny", fetched, "fetched.json")
+    assert len(caplog.messages) == 2
+    message = caplog.messages[0]
+    assert message.startswith("shop.json: `tiny` was trained on drawn synthetic shapes")
+    assert "llava-hf/llava-v1.6-mistral-7b-hf" in message and "docs/reproduce.md" in message
+
+
+def test_describe_and_distill_warn_before_tiny_loads_and_threads_apply(
+    tmp_path, monkeypatch, caplog, capsys
+):
+    import torch
+
+    path, images = _imported(tmp_path)
+    _stop_before_the_model(monkeypatch)
+    before = torch.get_num_threads()
+    try:
+        argv = [
+            "describe", "--model_name", "tiny", "--item_meta_path", path, "--image_dir", images,
+            "--output_path", tmp_path / "described.json", "--threads", "1",
+        ]  # fmt: skip
+        assert main([str(a) for a in argv]) == 2
+        assert "stopped before loading the model" in capsys.readouterr().err
+        assert torch.get_num_threads() == 1
+        argv = [
+            "distill", "--model_name", "tiny", "--train_data", path, "--val_data", path,
+            "--train_images_dir", images, "--val_images_dir", images,
+            "--output_dir", tmp_path / "run", "--threads", "2",
+        ]  # fmt: skip
+        assert main([str(a) for a in argv]) == 2
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    warned = [m for m in caplog.messages if "`tiny` was trained on drawn synthetic shapes" in m]
+    assert [m.split(":")[0] for m in warned] == [str(path), str(path)]
+    with pytest.raises(SystemExit):  # argparse refuses it, as any bad flag
+        main(["describe", "--threads", "0"])
+    assert "--threads: must be at least 1, got 0" in capsys.readouterr().err

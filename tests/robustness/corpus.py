@@ -443,7 +443,7 @@ CONFIG_CASES: list[ConfigCase] = [
         1,
         "invalid YAML",
     ),
-    ConfigCase("null for a required option", b"data_dir: null\n", None, "may not be null"),
+    ConfigCase("null for an option that takes none", b"lenient: null\n", None, "may not be null"),
     ConfigCase("a list for a path", b"data_dir: [a, b]\n", None, "option 'data_dir'"),
     ConfigCase("a mapping for a path", b"json: {a: 1}\n", None, "option 'json'"),
     ConfigCase("a repeated key", b"lenient: true\nlenient: false\n", 2, "duplicate key 'lenient'"),

@@ -3,8 +3,14 @@
 For every ``DATA_DIR/<category>/<split>.jsonl`` and every candidate key it prints the number of
 conversations and ground-truth items, the share of gt items inside the candidate list, and the
 Recall@1 ceiling (the best Recall@1 a model choosing from the list can get). With
-``--item_meta_path`` it counts the candidate and gt items that have no title; with
+``--item_meta_path`` it counts the candidate and gt items that have no title and the ids that
+are not in the catalogue at all (``unknown``, with the first few named ``file:line``); with
 ``--image_dir``, the candidates whose ``_0`` image is missing or unreadable.
+
+Without ``--data_dir`` it checks a catalogue alone (``--item_meta_path``, and ``--image_dir``
+for its pictures): items, titles present or empty, every listed image present and readable, the
+items shown with the white placeholder, descriptions, and duplicates (titles shared by several
+items, identical first pictures).
 
 Bad input stops the check with a one-line ``file:line: problem`` error (exit status 2), unless
 ``--lenient``, which skips bad records and reports how many were skipped.
@@ -37,7 +43,7 @@ from lavic.data.loaders import (
     load_item_meta,
     load_split,
 )
-from lavic.data.records import ItemMeta, LoadReport
+from lavic.data.records import Conversation, ItemMeta, LoadReport
 from lavic.errors import LavicError
 from lavic.evaluation.metrics import gt_in_candidates, recall_at_1_ceiling
 from lavic.io import atomic_write_json
@@ -46,12 +52,19 @@ logger = logging.getLogger(__name__)
 
 # How many skip messages per file the printed report shows (the JSON has all of them).
 SHOWN_SKIPS = 5
+# Unknown ids named per row (file:line), and example ids per problem of a catalogue.
+SHOWN_UNKNOWN = 5
+SHOWN_EXAMPLES = 5
 
 
 @dataclass
 class Args:
-    data_dir: Path = field(
-        metadata={"help": "dataset root holding <category>/{train,valid,test}.jsonl"}
+    data_dir: Path | None = field(
+        default=None,
+        metadata={
+            "help": "dataset root holding <category>/{train,valid,test}.jsonl; without it, "
+            "check the catalogue alone (--item_meta_path, --image_dir)"
+        },
     )
     item_meta_path: Path | None = field(
         default=None,
@@ -71,9 +84,30 @@ class Args:
         default=None, metadata={"help": "also write the report as JSON to this file"}
     )
 
+    def __post_init__(self) -> None:
+        if self.data_dir is None and self.item_meta_path is None:
+            raise ValueError(
+                "give --data_dir (conversations), --item_meta_path (a catalogue), or both"
+            )
+
 
 def _unique(groups) -> list[str]:
     return list(dict.fromkeys(item for group in groups for item in group))
+
+
+def _unknown_items(
+    conversations: list[Conversation], key: str | None, meta: dict[str, ItemMeta]
+) -> dict[str, str]:
+    """Candidate and gt ids that the catalogue does not hold: id -> ``file:line: 'id'`` where
+    it first appears (they would be shown as ``No Title`` with the placeholder image)."""
+    unknown: dict[str, str] = {}
+    for conversation in conversations:
+        ids = conversation.candidates[key] if key else ()
+        for item_id in (*ids, *conversation.gt_items):
+            if item_id not in meta and item_id not in unknown:
+                where = f"{conversation.source}:{conversation.line}"
+                unknown[item_id] = f"{where}: {item_id!r} is not in the catalogue"
+    return unknown
 
 
 def _meta_summary(meta: dict[str, ItemMeta], report: LoadReport) -> dict[str, Any]:
@@ -158,6 +192,9 @@ def check_dataset(
                     ids = _unique(lists + gts)
                     row["items"] = len(ids)
                     row["items_without_title"] = len(items_without_title(meta, ids))
+                    unknown = _unknown_items(conversations, key, meta)
+                    row["unknown_items"] = len(unknown)
+                    row["unknown_examples"] = list(unknown.values())[:SHOWN_UNKNOWN]
                 if image_dir is not None:
                     candidates = _unique(lists)
                     todo = [c for c in candidates if c not in image_outcomes]
@@ -210,7 +247,7 @@ def format_report(summary: dict[str, Any]) -> str:
     if summary["lenient"]:
         header.append("skipped")
     if with_meta:
-        header += ["items", "no_title"]
+        header += ["items", "no_title", "unknown"]
     if with_images:
         header += ["cand_imgs", "img_missing", "img_bad"]
     body = []
@@ -228,7 +265,11 @@ def format_report(summary: dict[str, Any]) -> str:
         if summary["lenient"]:
             cells.append(str(row["skipped"]))
         if with_meta:
-            cells += [str(row["items"]), str(row["items_without_title"])]
+            cells += [
+                str(row["items"]),
+                str(row["items_without_title"]),
+                str(row["unknown_items"]),
+            ]
         if with_images:
             images = row["images"]
             bad = images[UNREADABLE] + images[UNSAFE] + images[OVERSIZED]
@@ -240,9 +281,19 @@ def format_report(summary: dict[str, Any]) -> str:
         "if any gt item is a candidate, over all gt items; dup_gt: conversations whose gt list "
         "repeats an id"
     ]
+    if with_meta:
+        notes.append(
+            "no_title: items shown as `No Title` (unknown ones included); unknown: ids not in "
+            "the item metadata"
+        )
     if with_images:
         notes.append("img_bad: unreadable, oversized or unsafe-named `_0` images")
     parts += notes
+    if with_meta:
+        examples = _unique(row["unknown_examples"] for row in summary["rows"])
+        parts += [f"unknown: {example}" for example in examples[:SHOWN_UNKNOWN]]
+        if len(examples) > SHOWN_UNKNOWN:
+            parts.append(f"unknown: ... and more (each row's first {SHOWN_UNKNOWN} in --json)")
     meta = summary["item_meta"]
     if meta is not None:
         parts.append(
@@ -263,14 +314,168 @@ def format_report(summary: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
-def run(args: Args) -> int:
-    summary = check_dataset(
-        args.data_dir,
-        item_meta_path=args.item_meta_path,
-        image_dir=args.image_dir,
-        lenient=args.lenient,
+# ------------------------------------------------------------------------- a catalogue alone
+
+
+def check_catalogue(
+    item_meta_path: str | Path, *, image_dir: str | Path | None = None, lenient: bool = False
+) -> dict[str, Any]:
+    """Check a catalogue without conversations (``check-data`` without ``--data_dir``).
+
+    Every image the metadata lists is read (decoded) once; an item with no image listed is
+    still looked up as ``<id>_0.jpg``, the picture the other commands show for it.
+
+    Returns:
+        A JSON-safe dict: ``items``; ``titles`` (``present``, ``empty``); with ``image_dir``,
+        ``images`` (outcome -> count over every listed image), ``items_listing_no_image`` and
+        ``placeholder_items`` (items whose ``<id>_0.jpg`` is not readable: shown as the white
+        placeholder); ``descriptions`` (``images`` described, ``items`` whose first image
+        is); ``duplicates`` (``titles``: items sharing their title with another item,
+        ``first_images``: items whose ``<id>_0.jpg`` has the bytes of another's); and
+        ``examples``, a few item ids per problem.
+
+    Raises:
+        LavicError: a missing image folder, or bad metadata (strict mode).
+    """
+    import hashlib
+
+    from lavic.io import safe_join
+
+    if image_dir is not None and not Path(image_dir).is_dir():
+        raise LavicError(f"{image_dir}: image folder not found")
+    report = LoadReport(str(item_meta_path))
+    meta = load_item_meta(item_meta_path, lenient=lenient, report=report)
+    examples: dict[str, list[str]] = {}
+
+    def example(problem: str, item_id: str) -> None:
+        shown = examples.setdefault(problem, [])
+        if len(shown) < SHOWN_EXAMPLES:
+            shown.append(item_id)
+
+    empty_titles = [i for i, item in meta.items() if item.title is None]
+    for item_id in empty_titles:
+        example("empty_title", item_id)
+    by_title: dict[str, list[str]] = {}
+    for item_id, item in meta.items():
+        if item.title is not None:
+            by_title.setdefault(" ".join(item.title.casefold().split()), []).append(item_id)
+    shared_titles = [ids for ids in by_title.values() if len(ids) > 1]
+    for ids in shared_titles:
+        example("duplicate_title", " = ".join(ids[:3]))
+    first_described = sum(
+        bool(item.descriptions.get(item_image_name(i), "").strip()) for i, item in meta.items()
     )
-    print(format_report(summary))
+    summary: dict[str, Any] = {
+        "item_meta_path": str(item_meta_path),
+        "image_dir": None if image_dir is None else str(image_dir),
+        "lenient": lenient,
+        "items": len(meta),
+        "skipped": report.num_skipped,
+        "skip_messages": list(report.skipped),
+        "titles": {"present": len(meta) - len(empty_titles), "empty": len(empty_titles)},
+        "descriptions": {"images": len(described_images(meta)), "items": first_described},
+        "duplicates": {"titles": sum(len(ids) for ids in shared_titles), "first_images": 0},
+        "examples": examples,
+    }
+    if image_dir is not None:
+        outcomes: Counter[str] = Counter()
+        placeholder = 0
+        first_image: dict[bytes, str] = {}
+        duplicate_images = 0
+        listing_none = 0
+        for item_id, item in tqdm(meta.items(), desc="images", unit="item", disable=None):
+            names = list(item.image_names)
+            if not names:
+                listing_none += 1
+                names = [item_image_name(item_id)]  # what the other commands show
+            first = item_image_name(item_id)
+            for name in names:
+                _, outcome = read_image(image_dir, name)
+                if item.image_names:
+                    outcomes[outcome] += 1
+                if outcome != LOADED:
+                    example(f"image_{outcome}", name)
+                if name != first:
+                    continue
+                if outcome != LOADED:
+                    placeholder += 1
+                    continue
+                digest = hashlib.blake2b(safe_join(image_dir, name).read_bytes()).digest()
+                if digest in first_image:
+                    duplicate_images += 1
+                    example("duplicate_first_image", f"{item_id} = {first_image[digest]}")
+                else:
+                    first_image[digest] = item_id
+            if first not in names and item.image_names:
+                # The metadata lists images but not `_0`: the item is still shown by `_0`.
+                _, outcome = read_image(image_dir, first)
+                placeholder += outcome != LOADED
+        summary["images"] = {
+            outcome: outcomes.get(outcome, 0)
+            for outcome in (LOADED, MISSING, UNREADABLE, UNSAFE, OVERSIZED)
+        }
+        summary["items_listing_no_image"] = listing_none
+        summary["placeholder_items"] = placeholder
+        summary["duplicates"]["first_images"] = duplicate_images
+    return summary
+
+
+def format_catalogue_report(summary: dict[str, Any]) -> str:
+    """The human-readable report of :func:`check_catalogue`."""
+    ex = summary["examples"]
+
+    def eg(*problems: str) -> str:
+        ids = [i for p in problems for i in ex.get(p, [])][:3]
+        return f" (e.g. {', '.join(ids)})" if ids else ""
+
+    titles, described, dup = summary["titles"], summary["descriptions"], summary["duplicates"]
+    lines = [
+        f"catalogue: {summary['item_meta_path']}",
+        f"  items:         {summary['items']}"
+        + (f" ({summary['skipped']} bad record(s) skipped)" if summary["lenient"] else ""),
+        f"  titles:        {titles['present']} present, {titles['empty']} empty{eg('empty_title')}",
+    ]
+    if summary["image_dir"] is not None:
+        images = summary["images"]
+        bad = images[UNREADABLE] + images[OVERSIZED] + images[UNSAFE]
+        lines += [
+            f"  images:        {sum(images.values())} listed in {summary['image_dir']}: "
+            f"{images[LOADED]} readable, {images[MISSING]} missing{eg('image_missing')}, "
+            f"{bad} unreadable/oversized/unsafe{eg('image_unreadable', 'image_oversized', 'image_unsafe')}",
+            f"  placeholder:   {summary['placeholder_items']} item(s) shown with the white "
+            f"placeholder (no readable <id>_0.jpg); {summary['items_listing_no_image']} list "
+            "no image",
+        ]
+    lines.append(
+        f"  descriptions:  {described['images']} image(s) described; {described['items']} of "
+        f"{summary['items']} items' first image"
+    )
+    dup_line = f"  duplicates:    {dup['titles']} item(s) share a title{eg('duplicate_title')}"
+    if summary["image_dir"] is not None:
+        dup_line += f"; {dup['first_images']} first picture(s) identical to another item's" + eg(
+            "duplicate_first_image"
+        )
+    lines.append(dup_line)
+    if summary["lenient"]:
+        lines += [f"  {m}" for m in summary["skip_messages"][:SHOWN_SKIPS]]
+    return "\n".join(lines)
+
+
+def run(args: Args) -> int:
+    if args.data_dir is None:
+        assert args.item_meta_path is not None  # Args refuses neither
+        summary = check_catalogue(
+            args.item_meta_path, image_dir=args.image_dir, lenient=args.lenient
+        )
+        print(format_catalogue_report(summary))
+    else:
+        summary = check_dataset(
+            args.data_dir,
+            item_meta_path=args.item_meta_path,
+            image_dir=args.image_dir,
+            lenient=args.lenient,
+        )
+        print(format_report(summary))
     if args.json is not None:
         atomic_write_json(args.json, summary)
         logger.info("wrote %s", args.json)

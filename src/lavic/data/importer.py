@@ -10,15 +10,19 @@ inside ``--output_dir`` only::
       import_report.json      what was read, written, skipped and why
 
 An image cell holds a URL (``http(s)://``, fetched by the crawler, :mod:`lavic.data.crawl`) or
-a path under ``--images_root`` (default: the table's folder). Several images may share a cell
+a path under ``--images_root`` (default: the table's folder); with ``--images_root`` given, a
+path with a leading ``/`` (``/m/b/mb01-blue-0.jpg``, a shop's media path) is read under it too. Several images may share a cell
 (a JSON/Parquet list, or a string split by ``--image_separator``); image ``k`` of an item
 becomes ``<item>_<k>.jpg``, as the seed's crawler names them, and ``<item>_0.jpg`` is the one
 that shows the item as a candidate.
 
 The table is streamed in chunks of ``--chunk_size`` rows (pandas ``read_csv(chunksize=...)``,
 pyarrow ``ParquetFile.iter_batches``, JSON lines one line at a time), the metadata is written as
-it goes, and local images are converted by a small thread pool, chunk by chunk, so memory
-depends on the chunk size and the number of item ids, not on the table.
+it goes, and local images are converted by ``--workers`` processes, chunk by chunk, so memory
+depends on the chunk size and the number of item ids, not on the table. CSV and TSV are read
+in ``--encoding`` (UTF-8 by default, a byte order mark skipped); a table that is not names its
+first undecodable line. Titles and descriptions lose their HTML: tags are removed and entities
+decoded (``Tom &amp; Jerry`` -> ``Tom & Jerry``), counted in the report.
 
 A bad row (no id, an id that cannot name a file, a repeated id, an image path outside
 ``--images_root``, a cell of the wrong type) stops the import with one line naming the file,
@@ -34,11 +38,14 @@ Example:
 
 from __future__ import annotations
 
+import codecs
 import contextlib
+import html
 import io
 import json
 import logging
 import os
+import re
 import stat
 import time
 from collections.abc import Iterator
@@ -49,6 +56,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from lavic.config import usable_cores
 from lavic.constants import ITEM_TOKENS
 from lavic.errors import DataError, LavicError
 
@@ -72,6 +80,10 @@ SUFFIX_FORMATS = {
 # Messages kept in import_report.json per kind (the counts are always complete).
 MAX_REPORTED = 50
 URL_SCHEMES = ("http", "https")
+# Worker processes for the local images: one per core this process may run on, at most 4
+# (past that the disk, not the CPU, is the limit), started only for a chunk this large.
+DEFAULT_WORKERS = min(4, usable_cores())
+MIN_POOL_JOBS = 256
 
 
 @dataclass
@@ -102,8 +114,10 @@ class Args:
     images_root: Path | None = field(
         default=None,
         metadata={
-            "help": "folder that local image paths are relative to (and must stay inside); "
-            "default: the table's folder"
+            "help": "folder that local image paths are relative to (and must stay inside); a "
+            "path with a leading '/' (/m/b/x.jpg, as shop platforms write media paths) is read "
+            "from this folder too. None: the table's folder, where a leading '/' is an absolute "
+            "path (refused unless inside it)"
         },
     )
     image_separator: str | None = field(
@@ -113,12 +127,22 @@ class Args:
     format: Literal["auto", "csv", "tsv", "jsonl", "parquet"] = field(
         default="auto", metadata={"help": "table format; auto: from the file name's suffix"}
     )
+    encoding: str = field(
+        default="utf-8",
+        metadata={
+            "help": "text encoding of a CSV/TSV table, e.g. latin-1 or cp1252 (a UTF-8 byte "
+            "order mark is skipped); JSON lines are always UTF-8"
+        },
+    )
     chunk_size: int = field(
         default=10_000, metadata={"help": "rows read and processed at a time (bounds memory)"}
     )
     workers: int = field(
-        default=max(1, min(4, os.cpu_count() or 1)),
-        metadata={"help": "threads converting local images"},
+        default=DEFAULT_WORKERS,
+        metadata={
+            "help": "processes checking and converting local images (one per usable core, at "
+            f"most 4), started only for a chunk with {MIN_POOL_JOBS}+ local images"
+        },
     )
     link_images: bool = field(
         default=False,
@@ -165,6 +189,10 @@ class Args:
             raise ValueError("--retries must be >= 0 and --timeout > 0")
         if self.image_separator == "":
             raise ValueError("--image_separator must not be empty")
+        try:
+            codecs.lookup(self.encoding)
+        except LookupError:
+            raise ValueError(f"--encoding {self.encoding!r}: unknown encoding") from None
         columns = [self.id_column, self.title_column, self.image_column]
         if self.description_column is not None:
             columns.append(self.description_column)
@@ -233,8 +261,49 @@ def _optional(module: str) -> Any:
         ) from None
 
 
+def _pandas_encoding(encoding: str) -> str:
+    # UTF-8 is read as utf-8-sig: a byte order mark (Excel writes one) is skipped, not glued
+    # to the first column's name.
+    return "utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding
+
+
+def first_undecodable_line(path: Path, encoding: str) -> tuple[int, int, str] | None:
+    """Where ``path`` first fails to decode as ``encoding``: ``(line, byte column, reason)``.
+
+    Read line by line through an incremental decoder (so a character split over two reads is
+    not an error), in bounded memory; None if the whole file decodes.
+    """
+    decoder = codecs.getincrementaldecoder(_pandas_encoding(encoding))()
+    with open(path, "rb") as handle:
+        for lineno, raw in enumerate(handle, start=1):
+            try:
+                decoder.decode(raw)
+            except UnicodeDecodeError as exc:
+                return lineno, exc.start + 1, exc.reason
+        try:
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError as exc:
+            return lineno, exc.start + 1, exc.reason
+    return None
+
+
+def _encoding_error(path: Path, encoding: str) -> DataError:
+    """The one-line error for a table that is not ``encoding`` text, naming the first bad line."""
+    where = first_undecodable_line(path, encoding)
+    line, detail = (None, "") if where is None else (where[0], f" (byte {where[1]}: {where[2]})")
+    if codecs.lookup(encoding).name == "utf-8":
+        name = "UTF-8"
+        hint = "if it was saved as Latin-1 or Windows-1252, pass --encoding latin-1 or cp1252"
+    else:
+        name = encoding
+        hint = "pass the encoding it was saved in with --encoding"
+    return DataError(path, f"not valid {name} text{detail}; {hint}", line)
+
+
 def _iter_csv(path: Path, args: Args, sep: str, skipped: list[str]) -> Iterator[list[Row]]:
     pd = _optional("pandas")
+
+    encoding = _pandas_encoding(args.encoding)
 
     def read(**kwargs):
         return pd.read_csv(
@@ -242,14 +311,14 @@ def _iter_csv(path: Path, args: Args, sep: str, skipped: list[str]) -> Iterator[
             sep=sep,
             dtype=str,
             keep_default_na=False,  # "NA" or "null" in a title is text, an empty cell is ""
-            encoding="utf-8-sig",
+            encoding=encoding,
             **kwargs,
         )
 
     try:
         header = list(read(nrows=0).columns)
-    except UnicodeDecodeError as exc:
-        raise DataError(path, f"not valid UTF-8 text ({exc.reason})") from None
+    except UnicodeDecodeError:
+        raise _encoding_error(path, args.encoding) from None
     except pd.errors.EmptyDataError:
         raise DataError(path, "empty file (expected a header row)") from None
     _check_columns(path, header, args)
@@ -286,8 +355,8 @@ def _csv_chunks(path: Path, args: Args, read, skipped: list[str]) -> Iterator[li
                         number += 1
                         rows.append(Row(number, *values))
                     yield rows
-    except UnicodeDecodeError as exc:
-        raise DataError(path, f"not valid UTF-8 text ({exc.reason})") from None
+    except UnicodeDecodeError:
+        raise _encoding_error(path, args.encoding) from None
     except pd.errors.ParserError as exc:
         # "Error tokenizing data. C error: Expected 3 fields in line 5, saw 4"
         detail = str(exc).strip().splitlines()[-1].replace("Error tokenizing data. C error: ", "")
@@ -360,6 +429,8 @@ def iter_rows(path: Path, args: Args, skipped: list[str]) -> Iterator[list[Row]]
     if not path.is_file():
         raise DataError(path, "no such file" if not path.exists() else "not a file")
     fmt = table_format(path, args.format)
+    if fmt in ("jsonl", "parquet") and codecs.lookup(args.encoding).name != "utf-8":
+        raise LavicError(f"--encoding {args.encoding}: only CSV and TSV tables take an encoding")
     if fmt == "csv":
         return _iter_csv(path, args, ",", skipped)
     if fmt == "tsv":
@@ -380,6 +451,7 @@ class BadRow(Exception):
 class LocalImage:
     source: Path  # resolved, inside images_root
     value: str  # as written in the table (kept in the metadata)
+    relative: str  # the path from images_root (value without a web path's leading '/')
 
 
 @dataclass(frozen=True)
@@ -438,6 +510,36 @@ def _check_item_id(item_id: str) -> None:
     _no_item_tokens(item_id, "id")
 
 
+# An HTML tag: `<b>`, `</b>`, `<br/>`, `<span class="x">`; a `<` not followed by a letter
+# (`size < 10`, `<3`) is text.
+_TAG = re.compile(r"</?[A-Za-z][^<>]*>")
+
+
+@dataclass(frozen=True)
+class PlainText:
+    text: str
+    tags: bool  # markup was removed
+    entities: bool  # entities were decoded
+
+
+def strip_html(text: str) -> PlainText:
+    """Shop exports keep the HTML of their product names: remove tags, decode entities.
+
+    Tags go first, so an escaped tag (``&lt;b&gt;``) stays visible as the text ``<b>``. A tag
+    becomes a space (``Mug<br>Red`` is two words) and runs of spaces it leaves are squeezed.
+
+    Example:
+        >>> strip_html("<b>Cobalt</b> CoolTech&trade; Short").text
+        'Cobalt CoolTech™ Short'
+    """
+    untagged = _TAG.sub(" ", text)
+    tags = untagged != text
+    if tags:
+        untagged = " ".join(untagged.split())
+    decoded = html.unescape(untagged)
+    return PlainText(decoded, tags, decoded != untagged)
+
+
 def _image_values(value: Any, column: str, separator: str | None) -> list[str]:
     if value is None or (isinstance(value, float) and value != value):
         return []
@@ -464,6 +566,10 @@ class RowChecker:
     Args:
         args: the command's options (column names, separator).
         images_root: resolved folder local paths must stay inside.
+
+    Attributes:
+        cleaned: how many title and description cells had HTML entities decoded
+            (``entities``) or tags removed (``markup``).
     """
 
     def __init__(self, args: Args, images_root: Path):
@@ -473,6 +579,9 @@ class RowChecker:
         self.root_prefix = os.path.join(self.root_text, "")
         self.real_folders: dict[str, str] = {}
         self.first_row: dict[str, int] = {}
+        # Only an explicit --images_root is a media root; the table's folder is not.
+        self.web_paths = args.images_root is not None
+        self.cleaned = {"entities": 0, "markup": 0}
 
     def _image(self, value: str) -> LocalImage | RemoteImage:
         if "://" in value:
@@ -482,10 +591,15 @@ class RowChecker:
             return RemoteImage(value)
         if "\x00" in value:
             raise BadRow(f"image path {_short(value)} holds a NUL byte")
+        relative = value
+        if self.web_paths and value.startswith("/"):
+            # Shop platforms write media paths from their media root: `/m/b/mb01-blue-0.jpg`
+            # is a web path under --images_root, not a file at the top of this machine's disk.
+            relative = value.lstrip("/")
         # A path (`..`, absolute) or a link leading out of the root is refused, so the import
         # never reads outside --images_root. realpath costs a stat per path component, so it
         # runs once per folder (cached) and, for the file itself, only when it is a link.
-        folder, base = os.path.split(os.path.normpath(os.path.join(self.root_text, value)))
+        folder, base = os.path.split(os.path.normpath(os.path.join(self.root_text, relative)))
         real_folder = self.real_folders.get(folder)
         if real_folder is None:
             real_folder = os.path.realpath(folder)
@@ -497,7 +611,18 @@ class RowChecker:
                 source = os.path.realpath(source)
         if not self._inside(source):
             raise BadRow(f"image path {value!r} is outside --images_root {self.root_text}")
-        return LocalImage(Path(source), value)
+        return LocalImage(Path(source), value, relative)
+
+    def _clean(self, text: str | None) -> str | None:
+        """``text`` without HTML markup and with its entities decoded; counts each change."""
+        if text is None or ("<" not in text and "&" not in text):
+            return text
+        plain = strip_html(text)
+        if plain.tags:
+            self.cleaned["markup"] += 1
+        if plain.entities:
+            self.cleaned["entities"] += 1
+        return plain.text if plain.text.strip() else None
 
     def _inside(self, path: str) -> bool:
         return path.startswith(self.root_prefix) and path != self.root_text
@@ -511,11 +636,13 @@ class RowChecker:
         first = self.first_row.get(item_id)
         if first is not None:
             raise BadRow(f"duplicate item id {item_id!r} (first on row {first})")
-        title = _text(row.title, args.title_column, allow_numbers=True)
+        title = self._clean(_text(row.title, args.title_column, allow_numbers=True))
         _no_item_tokens(title, args.title_column)
         description = None
         if args.description_column:
-            description = _text(row.description, args.description_column, allow_numbers=False)
+            description = self._clean(
+                _text(row.description, args.description_column, allow_numbers=False)
+            )
             _no_item_tokens(description, args.description_column)
         images = tuple(
             self._image(v)
@@ -565,6 +692,20 @@ def quick_rgb_jpeg(data: bytes, max_pixels: int) -> Any:
     return DecodedImage(data, width, height)
 
 
+def _create_exclusive(tmp: Path) -> int:
+    """Create ``tmp`` for writing; never open what is already there, nor follow a link.
+
+    A file of that name can only be a killed run's leftover (the name holds our process id,
+    reused by the system): it is removed and the file created anew, once.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        return os.open(tmp, flags, 0o644)
+    except FileExistsError:
+        os.unlink(tmp)  # unlinks a link itself, not what it points to
+        return os.open(tmp, flags, 0o644)
+
+
 def _write_renamed(path: Path, data: bytes) -> None:
     """Write ``data`` to a hidden temporary beside ``path``, then rename it onto ``path``.
 
@@ -574,7 +715,7 @@ def _write_renamed(path: Path, data: bytes) -> None:
     """
     # One writer per name (ids are unique), so the process id makes the temporary's name unique.
     tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    fd = _create_exclusive(tmp)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -665,6 +806,7 @@ class ImportReport:
     items: int = 0
     bad_rows: int = 0
     items_without_image: int = 0
+    cleaned_text: dict[str, int] = field(default_factory=lambda: {"entities": 0, "markup": 0})
     images: dict[str, int] = field(
         default_factory=lambda: {"wanted": 0, "copied": 0, "crawled": 0, "failed": 0}
     )
@@ -702,6 +844,8 @@ class ImportReport:
             f"  items written:  {self.items} ({META_FILE})",
             f"  bad rows:       {self.bad_rows}"
             + (" skipped (--lenient)" if self.bad_rows else ""),
+            f"  HTML in text:   {self.cleaned_text['entities']} cell(s) with entities decoded, "
+            f"{self.cleaned_text['markup']} with tags removed",
             f"  images wanted:  {i['wanted']}",
             f"    copied:       {i['copied']} (local files)",
             f"    crawled:      {i['crawled']} (URLs)",
@@ -710,7 +854,10 @@ class ImportReport:
         lines += [
             f"      {reason}: {n}" for reason, n in self.as_dict()["failures_by_reason"].items()
         ]
-        lines.append(f"  items without any image: {self.items_without_image}")
+        lines.append(
+            f"  items without any image: {self.items_without_image}"
+            + (" (shown with the placeholder)" if self.items_without_image else "")
+        )
         return "\n".join(lines)
 
 
@@ -760,7 +907,7 @@ class _LazyPool:
     about a second, so a small table's images are done in this process.
     """
 
-    MIN_JOBS = 256
+    MIN_JOBS = MIN_POOL_JOBS
 
     def __init__(self, workers: int):
         self.workers = workers
@@ -791,7 +938,11 @@ def _remove_temporaries(images_dir: Path) -> int:
     # images: a killed run's leftovers, incomplete by construction.
     removed = 0
     for entry in os.scandir(images_dir):
-        if entry.name.startswith(".") and entry.name.endswith(".tmp") and entry.is_file():
+        if (
+            entry.name.startswith(".")
+            and entry.name.endswith(".tmp")
+            and (entry.is_file(follow_symlinks=False) or entry.is_symlink())
+        ):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(entry.path)
                 removed += 1
@@ -819,7 +970,7 @@ def import_catalogue(args: Args) -> ImportReport:
         crawl_images,
     )
     from lavic.data.images import item_image_name
-    from lavic.io import atomic_open, atomic_write_json
+    from lavic.io import atomic_open, atomic_write_json, remove_partial_writes
 
     started = time.perf_counter()
     table = args.table_path
@@ -835,8 +986,10 @@ def import_catalogue(args: Args) -> ImportReport:
     chunks = iter_rows(table, args, reader_skips)  # opens nothing yet for CSV/JSONL
     images_dir.mkdir(parents=True, exist_ok=True)
     stale = _remove_temporaries(images_dir)
+    for name in (META_FILE, REPORT_FILE):
+        stale += remove_partial_writes(out_dir / name)
     if stale:
-        log.info("%s: removed %d temporary file(s) of an interrupted run", images_dir, stale)
+        log.info("%s: removed %d temporary file(s) of an interrupted run", out_dir, stale)
     checker = RowChecker(args, images_root)
     shown_root = str(args.images_root if args.images_root is not None else table.parent)
     convert = partial(
@@ -847,14 +1000,19 @@ def import_catalogue(args: Args) -> ImportReport:
         link=args.link_images,
     )
     remote: list[ImageTarget] = []
+    remote_owner: dict[str, tuple[str, int]] = {}  # image name -> (item id, its image count)
+    failed_of_item: dict[str, int] = {}  # item id -> images not imported, for items with any
     failure_log = 0
 
-    def note_failure(reason: str, message: str) -> None:
+    def note_failure(reason: str, message: str, item_id: str, images: int) -> None:
         nonlocal failure_log
         report.add_image_failure(reason, message)
         if failure_log < 5:
             log.warning("image not imported: %s", message)
         failure_log += 1
+        failed_of_item[item_id] = failed_of_item.get(item_id, 0) + 1
+        if failed_of_item[item_id] == images:  # none of its images made it
+            report.items_without_image += 1
 
     bar = tqdm(desc="import", unit="row", dynamic_ncols=True, disable=None)
     with (
@@ -880,17 +1038,19 @@ def import_catalogue(args: Args) -> ImportReport:
                 report.items += 1
                 if not item.images:
                     report.items_without_image += 1
+                owner = (item.item_id, len(item.images))
                 for image, name in zip(item.images, names, strict=True):
                     report.images["wanted"] += 1
                     where = f"{table}: row {row.number}"
                     if isinstance(image, RemoteImage):
                         remote.append(ImageTarget(image.url, name, where))
+                        remote_owner[name] = owner
                     else:
                         # The id was checked to be a plain, visible file name: no `..`, no
                         # separator, so the join stays inside (and a rename replaces a link
                         # found there, never writing through it).
-                        shown = os.path.join(shown_root, image.value)
-                        jobs.append((where, image.source, images_dir / name, shown))
+                        shown = os.path.join(shown_root, image.relative)
+                        jobs.append((where, image.source, images_dir / name, shown, owner))
             for message in reader_skips:
                 report.add_bad_row(message)
             reader_skips.clear()
@@ -900,17 +1060,18 @@ def import_catalogue(args: Args) -> ImportReport:
                 [job[2] for job in jobs],
                 chunksize=max(1, min(256, len(jobs) // (4 * args.workers) or 1)),
             )
-            for (where, source, _dest, shown), result in zip(jobs, results, strict=True):
+            for (where, source, _dest, shown, owner), result in zip(jobs, results, strict=True):
                 if result.status == "copied":
                     report.images["copied"] += 1
                 else:
                     # Name the file as the user wrote it (root as given + the cell).
                     message = (result.message or "").replace(str(source), shown)
-                    note_failure(result.reason or "failed", f"{where}: {message}")
+                    note_failure(result.reason or "failed", f"{where}: {message}", *owner)
             bar.update(len(rows))
         for message in reader_skips:
             report.add_bad_row(message)
         writer.close()
+    report.cleaned_text = dict(checker.cleaned)
 
     if remote:
         if not log.isEnabledFor(logging.DEBUG):
@@ -930,6 +1091,7 @@ def import_catalogue(args: Args) -> ImportReport:
                 note_failure(
                     record.reason or "failed",
                     f"{where.get(record.file, record.file)}: {record.url}: {record.error}",
+                    *remote_owner.get(record.file, (record.file, 1)),
                 )
         log.info("%s: crawl record in %s", images_dir, images_dir / MANIFEST_NAME)
     if failure_log > 5:

