@@ -14,7 +14,6 @@ event loop keeps accepting requests while the model runs.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import os
@@ -544,8 +543,7 @@ class MicroBatcher(Generic[T, R]):
         self._stopping = True
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await asyncio.wait({self._task})  # cancelled, or dead already: raises neither
             self._task = None
         self._fail_all(Unavailable("the service is shutting down"))
         if self._executor is not None:
