@@ -42,6 +42,10 @@ class GatedModel:
     def open(self) -> None:
         self.gate.set()
 
+    def close(self) -> None:
+        """Block the next calls again."""
+        self.gate.clear()
+
     @property
     def scored(self) -> list:
         """Every item the model was given, in order."""
