@@ -8,7 +8,8 @@ Deliberate changes since: ``import-catalogue`` (new command); ``build-tiny`` (th
 ``--instruct_schedule``, ``--describe_weight``); ``synthesize --title_look``; ``demo
 --tune_steps`` (one stage-2 model for every category) and ``--tune_curriculum``; ``tune
 --candidate_curriculum``; ``distill``/``tune --precision`` (one list of choices for both
-stages, the default unchanged).
+stages, the default unchanged); ``serve --max_queue``, ``--queue_timeout_s`` and
+``--limit_concurrency`` (shedding load, issue 20).
 """
 
 from __future__ import annotations
