@@ -1,11 +1,13 @@
 """``lavic serve`` as a real process under abuse: malformed JSON, oversized bodies, wrong content
 types, wrong types, 1,000 connections opened and dropped, slow clients, crafted ids and paths
-aimed at the file system, and a poisoned request batched with a good one. The server stays up,
+aimed at the file system, a poisoned request batched with a good one, and a burst of requests
+far above what its queue holds (issue 20: it sheds them with 503). The server stays up,
 ``/health`` answers after every attack, nothing outside the catalogue is ever served, and its
 log holds no traceback."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import random
@@ -16,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import httpx
@@ -29,6 +32,7 @@ pytestmark = pytest.mark.slow  # starts the server process (torch + the embedder
 
 SECRET = b"TOP-SECRET-" + os.urandom(8).hex().encode()
 START_TIMEOUT = 300
+MAX_QUEUE = 8  # small, so that a burst overflows it (the default is 64)
 
 
 class Server:
@@ -104,7 +108,7 @@ def server(tuned, tmp_path_factory):
         proc = subprocess.Popen(
             [sys.executable, "-m", "lavic.cli", "serve", "--model_dir", str(tuned),
              "--index_dir", str(index_dir), "--port", str(port), "--device", "cpu",
-             "--max_wait_ms", "50", "--max_length", "1024"],
+             "--max_wait_ms", "50", "--max_length", "1024", "--max_queue", str(MAX_QUEUE)],
             env=subprocess_env(),
             stdout=handle,
             stderr=subprocess.STDOUT,
@@ -429,6 +433,48 @@ def test_poisoned_request_does_not_fail_its_batch(server, tally):
             assert results[0] in (400, 422), results
             assert [results[i] for i in range(1, 7)] == [200] * 6, results
     server.health()
+
+
+def _send(port: int, body: dict, requests: int, concurrency: int) -> list[httpx.Response]:
+    """``requests`` POSTs of ``body`` to /recommend, at most ``concurrency`` at a time."""
+
+    async def main() -> list[httpx.Response]:
+        limits = httpx.Limits(max_connections=concurrency)
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{port}", timeout=60, limits=limits, trust_env=False
+        ) as client:
+            return await asyncio.gather(
+                *(client.post("/recommend", json=body) for _ in range(requests))
+            )
+
+    return asyncio.run(main())
+
+
+def test_overload_is_shed_and_the_server_recovers(server, tally):
+    """Issue 20: within capacity every request is served; a burst far above it (150 at once,
+    a queue of 8) gets 200 or a clean 503 with Retry-After, never a hang or another error; the
+    next request is served and the queue is empty again."""
+    body = {**GOOD, "candidates": CANDIDATES}
+    with tally.case("fault", "serve: overload", "40 requests, 8 at a time"):
+        responses = _send(server.port, body, 40, 8)
+        assert Counter(r.status_code for r in responses) == {200: 40}
+    with tally.case("fault", "serve: overload", f"150 requests at once, queue of {MAX_QUEUE}"):
+        shed_before = server.health()["batcher"]["shed"]["queue_full"]
+        responses = _send(server.port, body, 150, 150)
+        statuses = Counter(r.status_code for r in responses)
+        print(f"burst of 150: {dict(statuses)}")
+        assert set(statuses) <= {200, 503}, statuses
+        assert statuses[503] > 0 and statuses[200] >= MAX_QUEUE, statuses
+        for response in responses:
+            if response.status_code == 503:
+                assert int(response.headers["retry-after"]) >= 1
+                assert "overloaded" in response.json()["detail"]
+    with tally.case("fault", "serve: overload", "a request after the burst"):
+        response = server.client.post("/recommend", json=body)
+        assert response.status_code == 200, response.text
+        health = server.health()
+        assert health["batcher"]["alive"] is True and health["batcher"]["queue_depth"] == 0
+        assert health["batcher"]["shed"]["queue_full"] - shed_before == statuses[503]
 
 
 def test_server_survived_everything(server, tally):
