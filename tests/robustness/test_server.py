@@ -32,7 +32,7 @@ pytestmark = pytest.mark.slow  # starts the server process (torch + the embedder
 
 SECRET = b"TOP-SECRET-" + os.urandom(8).hex().encode()
 START_TIMEOUT = 300
-MAX_QUEUE = 8  # small, so that a burst overflows it (the default is 64)
+BURST = 150  # at once: over the default queue (64) and batch (16) together
 
 
 class Server:
@@ -108,7 +108,7 @@ def server(tuned, tmp_path_factory):
         proc = subprocess.Popen(
             [sys.executable, "-m", "lavic.cli", "serve", "--model_dir", str(tuned),
              "--index_dir", str(index_dir), "--port", str(port), "--device", "cpu",
-             "--max_wait_ms", "50", "--max_length", "1024", "--max_queue", str(MAX_QUEUE)],
+             "--max_wait_ms", "50", "--max_length", "1024"],
             env=subprocess_env(),
             stdout=handle,
             stderr=subprocess.STDOUT,
@@ -451,20 +451,25 @@ def _send(port: int, body: dict, requests: int, concurrency: int) -> list[httpx.
 
 
 def test_overload_is_shed_and_the_server_recovers(server, tally):
-    """Issue 20: within capacity every request is served; a burst far above it (150 at once,
-    a queue of 8) gets 200 or a clean 503 with Retry-After, never a hang or another error; the
-    next request is served and the queue is empty again."""
+    """Issue 20: within capacity every request is served; a burst far above it (150 at once
+    against the default queue of 64 and batch of 16) gets 200 or a clean 503 with Retry-After,
+    never a hang or another error; the next request is served and the queue is empty again.
+
+    (The server keeps the default ``--max_queue``: with a small queue, the request the flood
+    test sends after its 1,000 dropped connections could race the disconnections the server
+    has not read yet, and be shed: correct, but not what that test checks.)"""
     body = {**GOOD, "candidates": CANDIDATES}
     with tally.case("fault", "serve: overload", "40 requests, 8 at a time"):
         responses = _send(server.port, body, 40, 8)
         assert Counter(r.status_code for r in responses) == {200: 40}
-    with tally.case("fault", "serve: overload", f"150 requests at once, queue of {MAX_QUEUE}"):
-        shed_before = server.health()["batcher"]["shed"]["queue_full"]
-        responses = _send(server.port, body, 150, 150)
+    with tally.case("fault", "serve: overload", f"{BURST} requests at once"):
+        batcher = server.health()["batcher"]
+        assert batcher["queue_capacity"] == 64
+        responses = _send(server.port, body, BURST, BURST)
         statuses = Counter(r.status_code for r in responses)
-        print(f"burst of 150: {dict(statuses)}")
+        print(f"burst of {BURST}: {dict(statuses)}")
         assert set(statuses) <= {200, 503}, statuses
-        assert statuses[503] > 0 and statuses[200] >= MAX_QUEUE, statuses
+        assert statuses[503] > 0 and statuses[200] > 0, statuses
         for response in responses:
             if response.status_code == 503:
                 assert int(response.headers["retry-after"]) >= 1
@@ -474,7 +479,8 @@ def test_overload_is_shed_and_the_server_recovers(server, tally):
         assert response.status_code == 200, response.text
         health = server.health()
         assert health["batcher"]["alive"] is True and health["batcher"]["queue_depth"] == 0
-        assert health["batcher"]["shed"]["queue_full"] - shed_before == statuses[503]
+        shed = health["batcher"]["shed"]["queue_full"] - batcher["shed"]["queue_full"]
+        assert shed == statuses[503]
 
 
 def test_server_survived_everything(server, tally):
