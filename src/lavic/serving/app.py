@@ -12,13 +12,14 @@ Endpoints:
 
 Every problem with a request is a 4xx with a one-line ``detail``: 400 malformed JSON, 404
 unknown item, 413 body too large, 415 not JSON, 422 a body that does not validate (too many
-candidates, unknown candidate ids, ...). Under overload the service sheds work instead of
-queueing without end: a full queue (``--max_queue``) or a request that waited
-``--queue_timeout_s`` in it is answered 503 with a ``Retry-After`` header, a client that
-disconnects has its queued request dropped before the model runs, and uvicorn itself answers
-503 above ``--limit_concurrency`` connections. No part of a request ever becomes a file path: items
+candidates, unknown candidate ids, ...). No part of a request ever becomes a file path: items
 are looked up in the catalogue dict, and the only file served for an item is the one the
 index registered for it.
+
+Under overload the service sheds work instead of queueing without end: a full queue
+(``--max_queue``) or a request that waited ``--queue_timeout_s`` in it is answered 503 with a
+``Retry-After`` header, a client that disconnects has its queued request dropped before the
+model runs, and uvicorn itself answers 503 above ``--limit_concurrency`` connections.
 """
 
 from __future__ import annotations

@@ -8,7 +8,9 @@ candidate's score is the log-likelihood of its ID (+ EOS) as the answer.
 
 Concurrent requests are micro-batched (:class:`MicroBatcher`): an asyncio queue collects
 requests for a few milliseconds, and one batched model call runs in a worker thread, so the
-event loop keeps accepting requests while the model runs.
+event loop keeps accepting requests while the model runs. The queue is bounded and a request
+waits in it for a limited time: under overload the batcher refuses work (:class:`Unavailable`,
+HTTP 503) instead of queueing without end.
 """
 
 from __future__ import annotations
