@@ -112,9 +112,11 @@ def free_port() -> int:
 
 
 class Server:
-    """``lavic serve`` in a child process on a loopback port."""
+    """``lavic serve`` in a child process on a loopback port (``extra``: more flags)."""
 
-    def __init__(self, tuned: Path, index_dir: Path, max_batch: int, log_path: Path):
+    def __init__(
+        self, tuned: Path, index_dir: Path, max_batch: int, log_path: Path, extra: tuple = ()
+    ):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(log_path, "w")  # noqa: SIM115 - closed in stop()
@@ -135,6 +137,7 @@ class Server:
                 str(self.port),
                 "--max_batch",
                 str(max_batch),
+                *map(str, extra),
             ],
             stdout=self.log,
             stderr=subprocess.STDOUT,

@@ -12,7 +12,8 @@ stages, the default unchanged); ``crawl``/``import-catalogue``/``download-data
 --allow_private_hosts`` (issue 20: non-public addresses are refused unless it is given);
 ``import-catalogue --encoding``; ``check-data --data_dir``
 optional (a catalogue alone); ``--threads`` on describe, distill, tune, evaluate, index and
-serve (issue 22).
+serve (issue 22); ``serve --max_queue``, ``--queue_timeout_s`` and
+``--limit_concurrency`` (shedding load, issue 20).
 """
 
 from __future__ import annotations

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -15,6 +17,7 @@ from fastapi.testclient import TestClient
 from lavic.serving.app import MAX_BODY_BYTES, STATIC_DIR, create_app
 
 from .conftest import CONVERSATIONS, ITEM_IDS
+from .stubs import GatedModel, StubRecommender, recommendation, until
 
 # ----------------------------------------------------------------- files opened, via audit hook
 
@@ -115,6 +118,7 @@ def test_health(client):
     body = r.json()
     assert body["status"] == "ok" and body["items"] == len(ITEM_IDS)
     assert body["batching"]["max_batch"] == 16
+    assert body["batcher"]["alive"] is True and body["batcher"]["queue_capacity"] == 64
 
 
 def test_recommend_with_candidates(client, recommender):
@@ -445,3 +449,223 @@ def test_cli_errors_are_one_line(tuned_dir, index_dir, capsys, extra, message):
     code = main(["recommend", "--model_dir", str(tuned_dir), "--index_dir", str(index_dir), *extra])
     err = capsys.readouterr().err
     assert code == 2 and message in err and "Traceback" not in err
+
+
+# ------------------------------------------------------------------- overload (issue 20)
+
+BODY = {"conversation": "a red mug", "candidates": ["B000MUG001", "B000MUG002"]}
+
+
+@contextlib.asynccontextmanager
+async def stub_app(model: GatedModel, **kwargs):
+    """The app around a stub model (no model or index loaded), with an in-process client."""
+    import httpx
+
+    app = create_app(lambda: StubRecommender(model), **kwargs)
+    transport = httpx.ASGITransport(app=app)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://t", timeout=30) as client,
+    ):
+        try:
+            yield app, client
+        finally:
+            model.open()  # never leave the model thread blocked at shutdown
+
+
+def assert_shed(response) -> None:
+    """503 with a whole number of seconds in Retry-After and a one-line JSON detail."""
+    assert response.status_code == 503, response.text
+    assert int(response.headers["retry-after"]) >= 1
+    detail = response.json()["detail"]
+    assert isinstance(detail, str) and detail and "\n" not in detail
+
+
+async def post_then_leave(app, leave: asyncio.Event) -> int:
+    """POST ``BODY`` to the ASGI app straight; the client disconnects once ``leave`` is set.
+    Returns the status the app answered (no one reads it)."""
+    body = json.dumps(BODY).encode()
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/recommend",
+        "raw_path": b"/recommend",
+        "query_string": b"",
+        "root_path": "",
+        "client": ("127.0.0.1", 5000),
+        "server": ("testserver", 80),
+        "headers": [(b"host", b"testserver"), (b"content-type", b"application/json")],
+    }
+    delivered, sent = False, []
+
+    async def receive():
+        nonlocal delivered
+        if not delivered:
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await leave.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+
+    await app(scope, receive, send)
+    return next(m["status"] for m in sent if m["type"] == "http.response.start")
+
+
+def test_full_queue_is_503_with_retry_after_at_once():
+    model = GatedModel(recommendation)
+
+    async def main():
+        async with stub_app(model, max_batch=1, max_wait_ms=0, max_queue=2) as (app, c):
+            first = asyncio.create_task(c.post("/recommend", json=BODY))
+            await model.busy()
+            queued = [asyncio.create_task(c.post("/recommend", json=BODY)) for _ in range(2)]
+            await until(lambda: app.state.batcher.queue_depth == 2)
+            start = time.perf_counter()
+            refused = await c.post("/recommend", json=BODY)
+            elapsed, scored = time.perf_counter() - start, len(model.scored)
+            model.open()
+            served = await asyncio.gather(first, *queued)
+            return refused, elapsed, scored, served, (await c.get("/health")).json()
+
+    refused, elapsed, scored, served, health = asyncio.run(main())
+    assert_shed(refused)
+    assert "overloaded" in refused.json()["detail"]
+    assert elapsed < 1.0 and scored == 1  # answered while the model was busy, without it
+    assert [r.status_code for r in served] == [200, 200, 200]
+    assert len(model.scored) == 3
+    assert health["batcher"]["shed"]["queue_full"] == 1
+
+
+def test_a_request_that_waits_too_long_is_503_and_never_scored():
+    model = GatedModel(recommendation)
+
+    async def main():
+        async with stub_app(model, max_batch=1, max_wait_ms=0, queue_timeout_s=0.2) as (app, c):
+            first = asyncio.create_task(c.post("/recommend", json=BODY))
+            await model.busy()
+            start = time.perf_counter()
+            late = await c.post("/recommend", json=BODY)
+            waited = time.perf_counter() - start
+            model.open()
+            return late, waited, await first, (await c.get("/health")).json()
+
+    late, waited, first, health = asyncio.run(main())
+    assert_shed(late)
+    assert "waited 0.2 s in the queue" in late.json()["detail"]
+    assert 0.15 <= waited < 2.0
+    assert first.status_code == 200  # past the timeout too, but it had reached the model
+    assert len(model.scored) == 1  # the late request was never scored
+    assert health["batcher"]["shed"]["timed_out"] == 1
+
+
+def test_a_client_that_leaves_has_its_queued_work_skipped():
+    """Both ways a client goes: the server reports the disconnect (``http.disconnect``), or the
+    task serving it is cancelled. Neither request reaches the model."""
+    model = GatedModel(recommendation)
+
+    async def main():
+        async with stub_app(model, max_batch=1, max_wait_ms=0) as (app, c):
+            first = asyncio.create_task(c.post("/recommend", json=BODY))
+            await model.busy()
+            leave = asyncio.Event()
+            disconnecting = asyncio.create_task(post_then_leave(app, leave))
+            cancelled = asyncio.create_task(c.post("/recommend", json=BODY))
+            await until(lambda: app.state.batcher.queue_depth == 2)
+            leave.set()
+            status = await asyncio.wait_for(disconnecting, 5)  # answered without the model
+            cancelled.cancel()
+            await asyncio.gather(cancelled, return_exceptions=True)
+            await until(lambda: app.state.batcher.shed["cancelled"] == 2)
+            model.open()
+            after = await c.post("/recommend", json=BODY)
+            return status, await first, after, (await c.get("/health")).json()
+
+    status, first, after, health = asyncio.run(main())
+    assert status == 499  # "client closed request": logged, never seen by the client
+    assert first.status_code == after.status_code == 200
+    assert len(model.scored) == 2  # the first request and the one after: not the two that left
+    assert health["batcher"]["shed"] == {"queue_full": 0, "timed_out": 0, "cancelled": 2}
+
+
+def test_health_says_whether_the_batcher_is_alive():
+    model = GatedModel(recommendation, crash=True)
+
+    async def main():
+        async with stub_app(model, max_batch=1, max_wait_ms=0, max_queue=5) as (app, c):
+            alive = await c.get("/health")
+            crashed = await c.post("/recommend", json=BODY)  # its batch kills the loop
+            dead = await c.get("/health")
+            start = time.perf_counter()
+            refused = await c.post("/recommend", json=BODY)
+            return alive, crashed, dead, refused, time.perf_counter() - start
+
+    alive, crashed, dead, refused, elapsed = asyncio.run(main())
+    assert alive.status_code == 200
+    assert alive.json()["status"] == "ok"
+    assert alive.json()["batcher"] == {
+        "alive": True,
+        "error": None,
+        "queue_depth": 0,
+        "queue_capacity": 5,
+        "queue_timeout_s": 30.0,
+        "shed": {"queue_full": 0, "timed_out": 0, "cancelled": 0},
+    }
+    assert_shed(crashed)  # the request in the dying batch is answered, not left hanging
+    assert dead.status_code == 503
+    assert dead.json()["status"] == "batcher down"
+    assert dead.json()["batcher"]["alive"] is False and "Crash" in dead.json()["batcher"]["error"]
+    assert_shed(refused)
+    assert "not running" in refused.json()["detail"] and elapsed < 1.0
+    assert len(model.scored) == 1
+
+
+def test_load_then_a_burst_over_capacity():
+    """40 requests at 8 concurrent: no errors. Then, the model busy, a burst of 60 at once:
+    all but the batch in the model (at most 4) and those the queue holds (at most 8) get 503
+    while the model is still busy; those are then served, and so is the next normal request."""
+    model = GatedModel(recommendation)
+    model.open()
+
+    async def main():
+        async with stub_app(model, max_batch=4, max_wait_ms=1, max_queue=8) as (app, c):
+            limit = asyncio.Semaphore(8)
+
+            async def one():
+                async with limit:
+                    return await c.post("/recommend", json=BODY)
+
+            load = await asyncio.gather(*(one() for _ in range(40)))
+            model.close()
+            before = len(model.scored)
+            start = time.perf_counter()
+            burst = [asyncio.create_task(c.post("/recommend", json=BODY)) for _ in range(60)]
+            in_model = lambda: len(model.scored) - before  # noqa: E731
+            waiting = lambda: app.state.batcher.queue_depth  # noqa: E731
+            # Every request is answered but those in the busy model and those queued.
+            await until(
+                lambda: (
+                    in_model() > 0 and sum(t.done() for t in burst) == 60 - in_model() - waiting()
+                )
+            )
+            shed_in = time.perf_counter() - start
+            shed = [t.result() for t in burst if t.done()]
+            model.open()
+            rest = await asyncio.gather(*(t for t in burst if not t.done()))
+            after = await c.post("/recommend", json=BODY)
+            return load, shed, shed_in, rest, after, (await c.get("/health")).json()
+
+    load, shed, shed_in, rest, after, health = asyncio.run(main())
+    assert [r.status_code for r in load] == [200] * 40
+    assert len(shed) >= 60 - 8 - 4
+    for response in shed:
+        assert_shed(response)
+    assert shed_in < 5.0  # while the model was blocked: no request waited for it
+    assert [r.status_code for r in rest] == [200] * len(rest)
+    assert after.status_code == 200
+    assert health["batcher"]["queue_depth"] == 0
+    assert health["batcher"]["shed"]["queue_full"] == len(shed)

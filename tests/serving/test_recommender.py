@@ -15,12 +15,16 @@ from lavic.errors import LavicError
 from lavic.serving.recommender import (
     MicroBatcher,
     Query,
+    QueueFull,
+    QueueTimeout,
     RequestError,
+    Unavailable,
     UnknownItemsError,
     normalise_conversation,
 )
 
 from .conftest import CONVERSATIONS, ITEM_IDS
+from .stubs import GatedModel, until
 
 
 def evaluator_scores(recommender, conversation: str, candidates: list[str]) -> dict[str, float]:
@@ -307,3 +311,122 @@ def test_text_only_model_is_served_text_only(recommender, tuned_dir, index_dir, 
     assert {c.item_id: c.log_likelihood for c in with_images.candidates} != pytest.approx(
         {c.item_id: c.log_likelihood for c in result.candidates}, abs=1e-3
     )
+
+
+# ------------------------------------------------------------------ shedding load (issue 20)
+
+
+def test_micro_batcher_refuses_beyond_a_full_queue_at_once():
+    model = GatedModel()
+
+    async def main():
+        batcher = MicroBatcher(model, max_batch=1, max_wait_ms=0, max_queue=2)
+        await batcher.start()
+        try:
+            first = asyncio.create_task(batcher.submit("a"))
+            await model.busy()  # "a" is in the model, out of the queue
+            queued = [asyncio.create_task(batcher.submit(x)) for x in "bc"]
+            await until(lambda: batcher.queue_depth == 2)
+            start = time.perf_counter()
+            with pytest.raises(QueueFull, match="overloaded") as refused:
+                await batcher.submit("d")
+            elapsed = time.perf_counter() - start
+            scored_while_full = model.scored
+            model.open()
+            answers = await asyncio.gather(first, *queued)
+            return refused.value, elapsed, scored_while_full, answers, batcher.health()
+        finally:
+            model.open()
+            await batcher.stop()
+
+    refused, elapsed, scored_while_full, answers, health = run(main())
+    assert elapsed < 1.0 and scored_while_full == ["a"]  # no model work for the refusal
+    assert refused.retry_after_s >= 1
+    assert answers == ["a", "b", "c"] and model.scored == ["a", "b", "c"]
+    assert health["shed"] == {"queue_full": 1, "timed_out": 0, "cancelled": 0}
+    assert health["queue_capacity"] == 2 and health["queue_depth"] == 0
+
+
+def test_micro_batcher_times_out_a_queued_request_and_never_runs_it():
+    model = GatedModel()
+
+    async def main():
+        batcher = MicroBatcher(model, max_batch=1, max_wait_ms=0, queue_timeout_s=0.2)
+        await batcher.start()
+        try:
+            first = asyncio.create_task(batcher.submit("a"))
+            await model.busy()
+            start = time.perf_counter()
+            with pytest.raises(QueueTimeout, match="waited 0.2 s") as late:
+                await batcher.submit("b")
+            waited = time.perf_counter() - start
+            await asyncio.sleep(0.3)  # "a" is past the timeout too, but already in the model
+            model.open()
+            answer = await first
+            after = await batcher.submit("c")
+            return late.value, waited, answer, after, batcher.health()
+        finally:
+            model.open()
+            await batcher.stop()
+
+    late, waited, answer, after, health = run(main())
+    assert 0.15 <= waited < 2.0 and late.retry_after_s >= 1
+    assert answer == "a" and after == "c"  # a started request waits for its answer
+    assert model.scored == ["a", "c"]  # "b" never reached the model
+    assert health["shed"]["timed_out"] == 1
+
+
+def test_micro_batcher_skips_a_cancelled_request():
+    model = GatedModel()
+
+    async def main():
+        batcher = MicroBatcher(model, max_batch=1, max_wait_ms=0, max_queue=1)
+        await batcher.start()
+        try:
+            first = asyncio.create_task(batcher.submit("a"))
+            await model.busy()
+            gone = asyncio.create_task(batcher.submit("b"))
+            await until(lambda: batcher.queue_depth == 1)
+            gone.cancel()  # its client went away
+            await asyncio.gather(gone, return_exceptions=True)
+            # The cancelled entry holds no place: the full queue takes "c".
+            third = asyncio.create_task(batcher.submit("c"))
+            await until(lambda: batcher.queue_depth == 1)
+            model.open()
+            return await asyncio.gather(first, third), gone.cancelled(), batcher.health()
+        finally:
+            model.open()
+            await batcher.stop()
+
+    answers, cancelled, health = run(main())
+    assert cancelled and answers == ["a", "c"]
+    assert model.scored == ["a", "c"]  # "b" was dropped before its batch ran
+    assert health["shed"] == {"queue_full": 0, "timed_out": 0, "cancelled": 1}
+
+
+def test_micro_batcher_that_dies_answers_everyone_and_says_so():
+    model = GatedModel(crash=True)
+
+    async def main():
+        batcher = MicroBatcher(model, max_batch=1, max_wait_ms=0)
+        await batcher.start()
+        try:
+            alive = batcher.health()["alive"]
+            results = await asyncio.gather(
+                batcher.submit("a"), batcher.submit("b"), return_exceptions=True
+            )
+            start = time.perf_counter()
+            with pytest.raises(Unavailable, match="not running"):
+                await batcher.submit("c")
+            return alive, results, time.perf_counter() - start, batcher.health()
+        finally:
+            await batcher.stop()
+
+    alive, results, refused_in, health = run(main())
+    assert alive is True
+    # The request in the model and the one queued behind it: an error each, not a hang.
+    assert [type(r) for r in results] == [Unavailable, Unavailable]
+    assert "stopped" in str(results[0])
+    assert refused_in < 1.0
+    assert health["alive"] is False and "Crash" in health["error"]
+    assert model.scored == ["a"]

@@ -6,7 +6,8 @@ Endpoints:
                                    the ranked candidates (the JSON of ``lavic recommend``)
     ``GET /items/{id}``            an item's title and whether it has an image
     ``GET /items/{id}/image``      the image file registered for that item in the catalogue
-    ``GET /health``                liveness, catalogue size, batching counters
+    ``GET /health``                liveness (503 if the batching loop died), catalogue size,
+                                   queue depth and capacity, batching and shedding counters
     ``GET /docs``, ``/openapi.json``  the OpenAPI description
 
 Every problem with a request is a 4xx with a one-line ``detail``: 400 malformed JSON, 404
@@ -14,18 +15,23 @@ unknown item, 413 body too large, 415 not JSON, 422 a body that does not validat
 candidates, unknown candidate ids, ...). No part of a request ever becomes a file path: items
 are looked up in the catalogue dict, and the only file served for an item is the one the
 index registered for it.
+
+Under overload the service sheds work instead of queueing without end: a full queue
+(``--max_queue``) or a request that waited ``--queue_timeout_s`` in it is answered 503 with a
+``Retry-After`` header, a client that disconnects has its queued request dropped before the
+model runs, and uvicorn itself answers 503 above ``--limit_concurrency`` connections.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -38,6 +44,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from lavic.config import InferenceArgs
 from lavic.errors import LavicError
 from lavic.serving.recommender import (
+    DEFAULT_MAX_QUEUE,
+    DEFAULT_QUEUE_TIMEOUT_S,
     DEFAULT_TOP_K,
     MAX_CANDIDATES,
     MAX_CONVERSATION_CHARS,
@@ -46,12 +54,16 @@ from lavic.serving.recommender import (
     Recommendation,
     Recommender,
     RequestError,
+    Unavailable,
 )
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 MAX_BODY_BYTES = 128 * 1024
 MAX_ID_CHARS = 64
+DEFAULT_LIMIT_CONCURRENCY = 256
+CLIENT_CLOSED_REQUEST = 499  # nginx's code: logged, never seen by the client that left
 STATIC_DIR = Path(str(resources.files("lavic.serving") / "static"))
 
 
@@ -73,6 +85,31 @@ class Args(InferenceArgs):
         default=None,
         metadata={"help": "token budget of prompt + answer (default 2048, as lavic evaluate)"},
     )
+    max_queue: int = field(
+        default=DEFAULT_MAX_QUEUE,
+        metadata={
+            "help": "most requests waiting for the model; beyond it /recommend answers 503 "
+            "with Retry-After at once. 64 is four full batches at the default --max_batch 16: "
+            "a request at the back waits about four model calls, and a longer queue only "
+            "makes every client wait longer for the same throughput"
+        },
+    )
+    queue_timeout_s: float = field(
+        default=DEFAULT_QUEUE_TIMEOUT_S,
+        metadata={
+            "help": "a request that waited this long in the queue without reaching the model "
+            "gets 503 with Retry-After and is never run (0: no limit); 30 s is about when a "
+            "browser or client would give up on its own"
+        },
+    )
+    limit_concurrency: int = field(
+        default=DEFAULT_LIMIT_CONCURRENCY,
+        metadata={
+            "help": "most connections and tasks uvicorn serves at once; above it uvicorn "
+            "answers 503 itself (0: no limit). 256 leaves room for a full queue, the running "
+            "batch, /health and page loads"
+        },
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -82,6 +119,10 @@ class Args(InferenceArgs):
             raise ValueError("--max_batch and --batch_size must be >= 1")
         if self.max_wait_ms < 0:
             raise ValueError("--max_wait_ms must be >= 0")
+        if self.max_queue < 1:
+            raise ValueError("--max_queue must be >= 1")
+        if self.queue_timeout_s < 0 or self.limit_concurrency < 0:
+            raise ValueError("--queue_timeout_s and --limit_concurrency must be >= 0 (0: none)")
 
 
 # ------------------------------------------------------------------------------------ schemas
@@ -165,8 +206,8 @@ class Problem(BaseModel):
 # ------------------------------------------------------------------------------- body limits
 
 
-def _problem(status: int, detail: str) -> JSONResponse:
-    return JSONResponse({"detail": detail}, status_code=status)
+def _problem(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"detail": detail}, status_code=status, headers=headers)
 
 
 class BodyGuard:
@@ -262,6 +303,42 @@ def _validation_detail(exc: RequestValidationError) -> tuple[int, str]:
     return 422, "; ".join(parts) + more
 
 
+# --------------------------------------------------------------------------- disconnections
+
+
+class ClientGone(Exception):
+    """The client disconnected before its answer was ready."""
+
+
+async def _client_gone(receive: Receive) -> None:
+    """Return once the client has disconnected.
+
+    Called after the body has been read, so the server's next ASGI message is
+    ``http.disconnect``: uvicorn sends it when the connection drops, and test clients when the
+    response is complete. Waiting for it costs nothing, unlike polling ``is_disconnected()``.
+    """
+    while (await receive())["type"] != "http.disconnect":
+        await asyncio.sleep(0.05)  # not expected once the body is read; never spin
+
+
+async def _unless_client_gone(work: Awaitable[T], receive: Receive) -> T:
+    """Await ``work``, or cancel it and raise :class:`ClientGone` if the client leaves first.
+
+    Cancelling :meth:`MicroBatcher.submit` drops the request from the queue, so a client that
+    left costs no model work unless its batch had already started.
+    """
+    task = asyncio.ensure_future(work)
+    watch = asyncio.ensure_future(_client_gone(receive))
+    try:
+        await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            return task.result()
+        raise ClientGone
+    finally:  # also when this handler is itself cancelled
+        watch.cancel()
+        task.cancel()
+
+
 # ---------------------------------------------------------------------------------------- app
 
 
@@ -270,6 +347,8 @@ def create_app(
     *,
     max_batch: int = 16,
     max_wait_ms: float = 5.0,
+    max_queue: int = DEFAULT_MAX_QUEUE,
+    queue_timeout_s: float | None = DEFAULT_QUEUE_TIMEOUT_S,
     max_body_bytes: int = MAX_BODY_BYTES,
 ) -> FastAPI:
     """The FastAPI application.
@@ -279,6 +358,8 @@ def create_app(
             in a worker thread, when the app starts).
         max_batch: most requests per batched model call.
         max_wait_ms: how long a request waits for others to join its batch.
+        max_queue: most requests waiting for the model; beyond it 503 at once.
+        queue_timeout_s: most seconds a request waits in the queue (None: no limit).
         max_body_bytes: largest accepted request body.
     """
     state: dict[str, Any] = {}
@@ -291,10 +372,15 @@ def create_app(
             else await asyncio.to_thread(recommender)
         )
         batcher: MicroBatcher[Query, Recommendation] = MicroBatcher(
-            rec.recommend_batch, max_batch=max_batch, max_wait_ms=max_wait_ms
+            rec.recommend_batch,
+            max_batch=max_batch,
+            max_wait_ms=max_wait_ms,
+            max_queue=max_queue,
+            queue_timeout_s=queue_timeout_s,
         )
         await batcher.start()
         state["recommender"], state["batcher"] = rec, batcher
+        app.state.batcher = batcher  # for tests and operators poking a live app
         try:
             yield
         finally:
@@ -333,6 +419,11 @@ def create_app(
         413: {"model": Problem},
         415: {"model": Problem},
         422: {"model": Problem},
+        503: {
+            "model": Problem,
+            "description": "overloaded (the queue is full, or the request waited too long "
+            "in it) or the model worker is down; retry after the Retry-After header's seconds",
+        },
     }
 
     @app.post(
@@ -341,7 +432,7 @@ def create_app(
         responses=errors,
         summary="Recommend an item for a conversation",
     )
-    async def recommend(body: RecommendBody):
+    async def recommend(body: RecommendBody, request: Request):
         query = Query(
             body.conversation,
             tuple(body.candidates) if body.candidates is not None else None,
@@ -349,11 +440,15 @@ def create_app(
         )
         try:
             query = rec().check(query)
-            result = await state["batcher"].submit(query)
+            result = await _unless_client_gone(state["batcher"].submit(query), request.receive)
         except RequestError as exc:
             return _problem(422, str(exc))
         except LavicError as exc:  # e.g. the candidates do not fit the prompt budget
             return _problem(422, str(exc))
+        except Unavailable as exc:  # shed: full queue, waited too long, or the worker is down
+            return _problem(503, str(exc), headers={"Retry-After": str(exc.retry_after_s)})
+        except ClientGone:
+            return _problem(CLIENT_CLOSED_REQUEST, "the client closed the request")
         return result.to_json()
 
     def known(item_id: str):
@@ -394,17 +489,24 @@ def create_app(
             path, media_type=_image_type(path), headers={"Cache-Control": "public, max-age=3600"}
         )
 
-    @app.get("/health", summary="Liveness and counters")
+    @app.get(
+        "/health",
+        summary="Liveness and counters",
+        responses={503: {"description": "the batching loop died: /recommend answers 503"}},
+    )
     async def health():
-        r = rec()
-        return {
-            "status": "ok",
+        r, batcher = rec(), state["batcher"]
+        queue = batcher.health()
+        body = {
+            "status": "ok" if queue["alive"] else "batcher down",
             "items": len(r.catalogue),
             "model": str(r.backbone.name),
             "max_length": r.max_length,
             "images": r.with_images,
+            "batcher": queue,
             "batching": {"max_batch": max_batch, "max_wait_ms": max_wait_ms, **r.stats.as_dict()},
         }
+        return JSONResponse(body, status_code=200 if queue["alive"] else 503)
 
     @app.get("/", include_in_schema=False)
     async def page():
@@ -466,7 +568,19 @@ def run(args: Args) -> int:
         device=args.device,
         dtype=args.dtype,
     )
-    app = create_app(recommender, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms)
+    app = create_app(
+        recommender,
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+        max_queue=args.max_queue,
+        queue_timeout_s=args.queue_timeout_s or None,
+    )
     log.info("serving on http://%s:%d/ (API docs at /docs)", args.host, args.port)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level="info",
+        limit_concurrency=args.limit_concurrency or None,  # uvicorn answers 503 above it
+    )
     return 0

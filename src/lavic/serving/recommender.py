@@ -8,13 +8,14 @@ candidate's score is the log-likelihood of its ID (+ EOS) as the answer.
 
 Concurrent requests are micro-batched (:class:`MicroBatcher`): an asyncio queue collects
 requests for a few milliseconds, and one batched model call runs in a worker thread, so the
-event loop keeps accepting requests while the model runs.
+event loop keeps accepting requests while the model runs. The queue is bounded and a request
+waits in it for a limited time: under overload the batcher refuses work (:class:`Unavailable`,
+HTTP 503) instead of queueing without end.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import os
@@ -422,6 +423,37 @@ def _tuned_settings(model_dir: str | os.PathLike[str]) -> dict[str, Any]:
 T = TypeVar("T")
 R = TypeVar("R")
 
+DEFAULT_MAX_QUEUE = 64  # four full batches at the default max_batch of 16
+DEFAULT_QUEUE_TIMEOUT_S = 30.0
+
+
+class Unavailable(RuntimeError):
+    """The batcher cannot take or finish a request now: the service answers 503.
+
+    Attributes:
+        retry_after_s: whole seconds after which a retry may succeed (the ``Retry-After``
+            header).
+    """
+
+    def __init__(self, message: str, retry_after_s: int = 1):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class QueueFull(Unavailable):
+    """The queue holds ``max_queue`` requests already: refused at once, before any work."""
+
+
+class QueueTimeout(Unavailable):
+    """The request waited ``queue_timeout_s`` in the queue without reaching the model."""
+
+
+@dataclass(eq=False)
+class _Entry(Generic[T]):
+    item: T
+    future: asyncio.Future
+    started: bool = False  # taken into a batch that is running (or ran) the model
+
 
 class MicroBatcher(Generic[T, R]):
     """Collects concurrent requests for up to ``max_wait_ms`` and runs them as one batch.
@@ -430,10 +462,23 @@ class MicroBatcher(Generic[T, R]):
     an ``Exception`` is raised to that request's caller alone. While a batch runs, new requests
     queue up and form the next batch, so the batch size grows with the load by itself.
 
+    Under overload it sheds work instead of queueing without end:
+
+    * the queue holds at most ``max_queue`` requests; :meth:`submit` raises :class:`QueueFull`
+      at once beyond that;
+    * a request that waits ``queue_timeout_s`` without reaching the model raises
+      :class:`QueueTimeout` and is dropped (a request already in a running batch waits for it);
+    * a request whose caller is cancelled (its client went away) is dropped before its batch
+      runs: the batcher skips cancelled futures;
+    * if the batching loop dies, every waiting request and every later one raises
+      :class:`Unavailable` instead of waiting forever, and :attr:`error` says why.
+
     Args:
         fn: the batched function (e.g. :meth:`Recommender.recommend_batch`).
         max_batch: most requests per batch.
         max_wait_ms: how long the first request of a batch waits for company.
+        max_queue: most requests waiting for the model (not counting the running batch).
+        queue_timeout_s: most seconds a request waits in the queue; None for no limit.
     """
 
     def __init__(
@@ -442,52 +487,149 @@ class MicroBatcher(Generic[T, R]):
         *,
         max_batch: int = 16,
         max_wait_ms: float = 5.0,
+        max_queue: int = DEFAULT_MAX_QUEUE,
+        queue_timeout_s: float | None = DEFAULT_QUEUE_TIMEOUT_S,
     ):
         if max_batch < 1:
             raise ValueError("max_batch must be >= 1")
+        if max_queue < 1:
+            raise ValueError("max_queue must be >= 1")
+        if queue_timeout_s is not None and queue_timeout_s <= 0:
+            raise ValueError("queue_timeout_s must be > 0 (or None for no limit)")
         self.fn = fn
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000.0
-        self._queue: asyncio.Queue[tuple[T, asyncio.Future]] | None = None
+        self.max_queue = max_queue
+        self.queue_timeout_s = queue_timeout_s
+        self.error: str | None = None  # why the loop died, if it did
+        # Requests answered without running the model: queue_full, timed_out, cancelled.
+        self.shed: Counter[str] = Counter()
+        self._queue: asyncio.Queue[_Entry[T]] | None = None
+        self._running_batch: list[_Entry[T]] = []
+        self._batch_seconds = 0.0  # the last batch's time, for Retry-After
         self._task: asyncio.Task | None = None
+        self._stopping = False
         self._executor: ThreadPoolExecutor | None = None
 
     @property
     def running(self) -> bool:
+        """The batching loop is alive (started, not stopped, not crashed)."""
         return self._task is not None and not self._task.done()
+
+    @property
+    def queue_depth(self) -> int:
+        return self._queue.qsize() if self._queue is not None else 0
+
+    def health(self) -> dict[str, Any]:
+        """Whether the loop is alive, the queue's depth and capacity, and what was shed."""
+        return {
+            "alive": self.running,
+            "error": self.error,
+            "queue_depth": self.queue_depth,
+            "queue_capacity": self.max_queue,
+            "queue_timeout_s": self.queue_timeout_s,
+            "shed": {k: self.shed[k] for k in ("queue_full", "timed_out", "cancelled")},
+        }
 
     async def start(self) -> None:
         if self.running:
             return
-        self._queue = asyncio.Queue()
+        self._queue = asyncio.Queue(maxsize=self.max_queue)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lavic-model")
+        self._stopping, self.error = False, None
         self._task = asyncio.create_task(self._loop(), name="lavic-micro-batcher")
+        self._task.add_done_callback(self._on_loop_exit)
 
     async def stop(self) -> None:
-        """Stop collecting; requests still queued get an error."""
+        """Stop collecting; requests still queued or in the running batch get an error."""
+        self._stopping = True
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await asyncio.wait({self._task})  # cancelled, or dead already: raises neither
             self._task = None
-        if self._queue is not None:
-            while not self._queue.empty():
-                _, future = self._queue.get_nowait()
-                if not future.done():
-                    future.set_exception(RuntimeError("the service is shutting down"))
+        self._fail_all(Unavailable("the service is shutting down"))
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
 
-    async def submit(self, item: T) -> R:
-        """Queue ``item`` and wait for its result (raises the item's own error)."""
-        if not self.running or self._queue is None:
-            raise RuntimeError("the micro-batcher is not running")
-        future = asyncio.get_running_loop().create_future()
-        await self._queue.put((item, future))
-        return await future
+    def retry_after_s(self) -> int:
+        """Seconds until the queue has likely drained: its batches times the last batch's."""
+        batches = self.queue_depth / self.max_batch + 1
+        return min(60, max(1, math.ceil(batches * self._batch_seconds)))
 
-    async def _collect(self) -> list[tuple[T, asyncio.Future]]:
+    async def submit(self, item: T) -> R:
+        """Queue ``item`` and wait for its result (raises the item's own error).
+
+        Raises:
+            QueueFull: ``max_queue`` requests are waiting already (nothing was queued).
+            QueueTimeout: it waited ``queue_timeout_s`` in the queue (it will not be run).
+            Unavailable: the batching loop is not running.
+        """
+        if not self.running or self._queue is None:
+            raise Unavailable(
+                f"the micro-batcher is not running ({self.error or 'not started'})",
+                retry_after_s=self.retry_after_s(),
+            )
+        entry = _Entry(item, asyncio.get_running_loop().create_future())
+        if self._queue.full():
+            self._purge_done()  # cancelled or timed-out entries hold no place
+        try:
+            self._queue.put_nowait(entry)
+        except asyncio.QueueFull:
+            self.shed["queue_full"] += 1
+            raise QueueFull(
+                f"the service is overloaded: {self.max_queue} requests are waiting already",
+                retry_after_s=self.retry_after_s(),
+            ) from None
+        try:
+            await asyncio.wait({entry.future}, timeout=self.queue_timeout_s)
+            if not entry.future.done() and not entry.started:
+                self.shed["timed_out"] += 1
+                raise QueueTimeout(
+                    f"the request waited {self.queue_timeout_s:g} s in the queue without "
+                    "reaching the model",
+                    retry_after_s=self.retry_after_s(),
+                )
+            return await entry.future  # done, or in the running batch: wait for its answer
+        except asyncio.CancelledError:  # the caller went away
+            if not entry.started:
+                self.shed["cancelled"] += 1
+            raise
+        finally:
+            # Timed out or cancelled: the batcher skips a done future, the model never sees it.
+            entry.future.cancel()
+
+    def _purge_done(self) -> None:
+        """Drop queued entries whose caller stopped waiting (the order of the rest is kept)."""
+        assert self._queue is not None
+        keep = []
+        while not self._queue.empty():
+            entry = self._queue.get_nowait()
+            if not entry.future.done():
+                keep.append(entry)
+        for entry in keep:
+            self._queue.put_nowait(entry)
+
+    def _fail_all(self, exc: Exception) -> None:
+        """Every queued request and the running batch's get ``exc``."""
+        waiting = list(self._running_batch)
+        while self._queue is not None and not self._queue.empty():
+            waiting.append(self._queue.get_nowait())
+        for entry in waiting:
+            if not entry.future.done():
+                entry.future.set_exception(exc)
+        self._running_batch = []
+
+    def _on_loop_exit(self, task: asyncio.Task) -> None:
+        if self._stopping:
+            return
+        # The loop must never end on its own: whatever killed it, nobody may wait forever.
+        reason = "cancelled" if task.cancelled() else repr(task.exception())
+        self.error = f"the batching loop died: {reason}"
+        log.error("%s; /recommend answers 503 until the service is restarted", self.error)
+        self._fail_all(Unavailable(f"the model worker stopped ({reason}): restart the service"))
+
+    async def _collect(self) -> list[_Entry[T]]:
         assert self._queue is not None
         batch = [await self._queue.get()]
         deadline = time.monotonic() + self.max_wait
@@ -511,44 +653,49 @@ class MicroBatcher(Generic[T, R]):
         loop = asyncio.get_running_loop()
         while True:
             batch = await self._collect()
-            live = [(item, fut) for item, fut in batch if not fut.done()]  # skip cancelled
+            live = [e for e in batch if not e.future.done()]  # skip timed-out and cancelled
             if not live:
                 continue
+            for entry in live:
+                entry.started = True
+            # Kept until answered: if the loop is cancelled or dies in the model call,
+            # stop() or _on_loop_exit() answers these callers.
+            self._running_batch = live
+            start = time.perf_counter()
             try:
                 results = await loop.run_in_executor(
-                    self._executor, self.fn, [item for item, _ in live]
+                    self._executor, self.fn, [e.item for e in live]
                 )
                 if len(results) != len(live):
                     raise RuntimeError(f"batch of {len(live)} gave {len(results)} results")
-            except asyncio.CancelledError:
-                for _, fut in live:
-                    if not fut.done():
-                        fut.set_exception(RuntimeError("the service is shutting down"))
-                raise
             except Exception as exc:  # the whole batch failed: every caller hears why
                 log.exception("batched model call failed")
-                for _, fut in live:
-                    if not fut.done():
-                        fut.set_exception(exc)
-                continue
-            for (_, fut), result in zip(live, results, strict=True):
-                if fut.done():
+                results = [exc] * len(live)
+            self._batch_seconds = time.perf_counter() - start
+            self._running_batch = []
+            for entry, result in zip(live, results, strict=True):
+                if entry.future.done():
                     continue
                 if isinstance(result, Exception):
-                    fut.set_exception(result)
+                    entry.future.set_exception(result)
                 else:
-                    fut.set_result(result)
+                    entry.future.set_result(result)
 
 
 __all__ = [
     "MAX_CANDIDATES",
     "MAX_CONVERSATION_CHARS",
+    "DEFAULT_MAX_QUEUE",
+    "DEFAULT_QUEUE_TIMEOUT_S",
     "MicroBatcher",
     "Query",
+    "QueueFull",
+    "QueueTimeout",
     "Recommendation",
     "Recommender",
     "RequestError",
     "ScoredCandidate",
+    "Unavailable",
     "UnknownItemsError",
     "normalise_conversation",
 ]
