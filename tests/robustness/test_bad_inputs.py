@@ -432,38 +432,52 @@ def test_unknown_ids_and_gt_without_metadata_are_counted(catalogue, tmp_path, ca
         assert st["gt_in_candidates"] == 0.0
 
 
-def test_crawl_never_writes_outside_its_folder(tmp_path, tally):
-    """Image names from metadata with separators, ``..``, absolute paths or hidden names are
-    refused (counted as failures in the manifest); nothing is written outside the folder."""
+def test_crawl_never_writes_outside_its_folder(tmp_path, tally, capsys):
+    """Image names that are paths (separators, ``..``, absolute) are refused by the loader, as
+    for every command: a one-line ``file:line`` error, nothing fetched or written. Plain names
+    the crawler keeps for itself (hidden names, its manifest's) are refused one by one and
+    counted as failures in the manifest; nothing is written outside the folder."""
     from data.http_server import LocalServer, image_bytes, ok
     from lavic.data.crawl import MANIFEST_NAME
 
-    unsafe = [
-        "../escape_0.jpg",
-        "../../escape_1.jpg",
-        "sub/dir_0.jpg",
-        "/tmp/abs_0.jpg",
-        "..\\back_0.jpg",
-        ".hidden_0.jpg",
-        MANIFEST_NAME,
-    ]
+    paths = ["../escape_0.jpg", "../../escape_1.jpg", "sub/dir_0.jpg", "/tmp/abs_0.jpg"]
+    paths.append("..\\back_0.jpg")
+    reserved = [".hidden_0.jpg", MANIFEST_NAME]
     images = tmp_path / "a" / "b" / "images"
     with LocalServer() as server:
         server.add("/x.jpg", ok(image_bytes()))
-        rows = [{"image": server.url("/x.jpg"), "image_name": n} for n in unsafe]
-        rows.append({"image": server.url("/x.jpg"), "image_name": "GOOD_0.jpg"})
-        meta = tmp_path / "meta.jsonl"
-        meta.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        before = {p for p in tmp_path.rglob("*")} | set(Path("/tmp").glob("abs_0.jpg"))
-        with tally.case("input", "item2meta_valid.jsonl (crawl)", "unsafe image names"):
-            argv = ["crawl", "--item_meta_path", str(meta), "--images_dir", str(images)]
-            assert main([*argv, "--allow_private_hosts"]) == 0  # the server is on 127.0.0.1
-            after = {p for p in tmp_path.rglob("*")} | set(Path("/tmp").glob("abs_0.jpg"))
+
+        def write_meta(names: list[str]) -> Path:
+            rows = [{"image": server.url("/x.jpg"), "image_name": n} for n in names]
+            rows.append({"image": server.url("/x.jpg"), "image_name": "GOOD_0.jpg"})
+            meta = tmp_path / "meta.jsonl"
+            meta.write_text("".join(json.dumps(r) + "\n" for r in rows))
+            return meta
+
+        def outside() -> set[Path]:
+            return {p for p in tmp_path.rglob("*")} | set(Path("/tmp").glob("abs_0.jpg"))
+
+        # --allow_private_hosts: the test's server is on 127.0.0.1
+        argv = ["crawl", "--images_dir", str(images), "--allow_private_hosts"]
+        with tally.case("input", "item2meta_valid.jsonl (crawl)", "image names that are paths"):
+            for name in paths:
+                meta = write_meta([name])  # the path on line 1, a good name on line 2
+                before = outside()
+                assert main([*argv, "--item_meta_path", str(meta)]) == 2
+                err = capsys.readouterr().err.strip().splitlines()
+                assert len(err) == 1 and f"{meta}:1: key 'image_name' {name!r}" in err[0]
+                assert outside() - before == set()  # nothing fetched, nothing written
+                assert server.count("/x.jpg") == 0
+        with tally.case("input", "item2meta_valid.jsonl (crawl)", "reserved image names"):
+            meta = write_meta(reserved)
+            before = outside()
+            assert main([*argv, "--item_meta_path", str(meta)]) == 0
+            after = outside()
             assert {p.name for p in after - before if p.is_file()} == {"GOOD_0.jpg", MANIFEST_NAME}
             assert all(images in p.parents for p in after - before if p.is_file())
             manifest = [json.loads(x) for x in (images / MANIFEST_NAME).read_text().splitlines()]
             reasons = {r["file"]: r.get("reason") for r in manifest if r["status"] == "failed"}
-            assert sorted(reasons) == sorted(unsafe)
+            assert sorted(reasons) == sorted(reserved)
             assert set(reasons.values()) == {"unsafe_name"}
 
 
