@@ -69,9 +69,11 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w", **kwargs: Any) ->
             os.fsync(handle.fileno())
         os.replace(tmp, path)
         fsync_directory(path.parent)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.filename is None:  # e.g. ENOSPC from write/fsync
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
         raise
 
 
