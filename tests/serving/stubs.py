@@ -80,7 +80,7 @@ class StubRecommender:
     def __init__(self, model: GatedModel):
         self.recommend_batch = model
         self.catalogue = {"B000MUG001": None, "B000MUG002": None}
-        self.backbone = SimpleNamespace(name="stub")
+        self.backbone = SimpleNamespace(name="stub", base_model="stub", is_stand_in=False)
         self.max_length, self.with_images = 2048, True
         self.stats = BatchStats()
 

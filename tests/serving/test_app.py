@@ -119,6 +119,10 @@ def test_health(client):
     assert body["status"] == "ok" and body["items"] == len(ITEM_IDS)
     assert body["batching"]["max_batch"] == 16
     assert body["batcher"]["alive"] is True and body["batcher"]["queue_capacity"] == 64
+    # built on tiny-random: the page shows its stand-in notice (app.js reads this flag)
+    assert body["base_model"] == "tiny-random" and body["stand_in"] is True
+    page = client.get("/").text
+    assert 'id="stand-in"' in page and "not meaningful" in page
 
 
 def test_recommend_with_candidates(client, recommender):

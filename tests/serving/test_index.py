@@ -141,3 +141,35 @@ def test_index_errors_are_one_line(tmp_path, tuned_dir, capsys):
     err = capsys.readouterr().err
     assert "broken.json:1" in err and "Traceback" not in err
     shutil.rmtree(tmp_path / "cat")
+
+
+def test_index_warns_when_tiny_meets_a_catalogue_it_was_not_built_for(
+    tmp_path, tuned_dir, embedder, caplog
+):
+    """The artefact's recorded base model is what is judged: made `tiny` here (the test
+    artefact is tiny-random), a shop-like catalogue gets the one-line stand-in warning."""
+    import logging
+
+    from lavic.model import inference
+
+    shutil.copytree(tuned_dir.parent, tmp_path / "run", symlinks=True)  # with its parent
+    artefact = tmp_path / "run" / tuned_dir.name
+    for info_path in (tmp_path / "run").rglob("lavic.json"):
+        info = json.loads(info_path.read_text())
+        if info["base_model"] == "tiny-random":
+            info["base_model"] = "tiny"
+            info_path.write_text(json.dumps(info))
+    meta_path, image_dir = write_catalogue(tmp_path / "cat")
+    # a shop's URLs, not the synthetic catalogue's reserved host: photos, not drawn shapes
+    meta_path.write_text(meta_path.read_text().replace("example.invalid", "shop.example.com"))
+    loaded = inference.load_model(tuned_dir, device="cpu", dtype="float32")
+    with caplog.at_level(logging.WARNING):
+        build_index(
+            Args(model_dir=artefact, item_meta_path=meta_path, image_dir=image_dir,
+                 index_dir=tmp_path / "index"),
+            embedder=embedder,
+            backbone=loaded,  # the real tiny is not needed to see the warning
+        )  # fmt: skip
+    warnings = [r.getMessage() for r in caplog.records]
+    warnings = [w for w in warnings if "drawn synthetic shapes" in w]
+    assert len(warnings) == 1 and str(meta_path) in warnings[0]

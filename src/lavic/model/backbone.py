@@ -47,6 +47,16 @@ class Backbone:
     # Set by lavic.model.inference.load_model when `--dtype auto` chose bf16 autocast on a CPU
     # (float32 weights); the answering forwards run under `autocast()`.
     autocast_dtype: torch.dtype | None = None
+    # The base model of an artefact's lineage (`tiny`, a Hub id, ...); `name` if not an artefact.
+    base_model: str = ""
+
+    def __post_init__(self) -> None:
+        self.base_model = self.base_model or self.name
+
+    @property
+    def is_stand_in(self) -> bool:
+        """Built on the offline ``tiny`` stand-ins: synthetic shapes, not a model for photos."""
+        return self.base_model in ("tiny", "tiny-random")
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """The context the answering forwards run in: CPU bf16 autocast, or nothing."""
@@ -275,6 +285,7 @@ def load_backbone(
         _check_adapter_weights(peft_model, adapter_dir)
         backbone.model = peft_model.merge_and_unload() if (merge or not last) else peft_model
     backbone.name = str(name_or_dir)
+    backbone.base_model = str(lineage[-1][1]["base_model"])
     backbone.model.eval()
     return backbone
 

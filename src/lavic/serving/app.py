@@ -501,6 +501,9 @@ def create_app(
             "status": "ok" if queue["alive"] else "batcher down",
             "items": len(r.catalogue),
             "model": str(r.backbone.name),
+            "base_model": r.backbone.base_model,
+            # the offline `tiny` stand-in: the page says its picks on photos mean nothing
+            "stand_in": r.backbone.is_stand_in,
             "max_length": r.max_length,
             "images": r.with_images,
             "batcher": queue,

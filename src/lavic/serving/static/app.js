@@ -153,6 +153,14 @@
     }
   });
 
+  // Say plainly when the served model is the offline `tiny` stand-in (GET /health).
+  fetch("/health")
+    .then((response) => response.json())
+    .then((health) => {
+      document.getElementById("stand-in").hidden = !health.stand_in;
+    })
+    .catch(() => {});
+
   reset.addEventListener("click", () => {
     messages.length = 0;
     thread.replaceChildren();
