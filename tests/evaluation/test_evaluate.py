@@ -360,3 +360,52 @@ def test_token_cache_gives_the_in_memory_results(dataset, tmp_path):
         for g, w in zip(got, want, strict=True):
             assert g["scores_st"] == pytest.approx(w["scores_st"], abs=1e-4)
         assert metrics["images"] == memory["images"]
+
+
+def test_described_title_puts_the_description_after_the_title():
+    from lavic.constants import MISSING_TITLE
+    from lavic.data.records import ItemMeta
+    from lavic.evaluation.evaluate import described_title
+
+    meta = {
+        "A": ItemMeta("A", "Red mug", ("A_0.jpg", "A_1.jpg"), {}, {"A_1.jpg": " a red\n mug "}),
+        "B": ItemMeta("B", "Lamp", ("B_0.jpg",), {}, {"B_0.jpg": "   "}),
+        "C": ItemMeta("C", None, ("C_0.jpg",), {}, {"C_0.jpg": "a plain box"}),
+    }
+    assert described_title(meta, "A") == "Red mug — a red mug"  # first described image
+    assert described_title(meta, "B") == "Lamp"  # nothing described: the title alone
+    assert described_title(meta, "C") == f"{MISSING_TITLE} — a plain box"
+    assert described_title(meta, "Z") == MISSING_TITLE  # not in the catalogue
+
+
+def test_the_described_baseline_reads_descriptions_instead_of_item_tokens(
+    dataset, tmp_path, monkeypatch
+):
+    """A third pass: the same model, no item tokens, each candidate's title followed by its
+    image's description; the LaViC and text-only passes are unchanged."""
+    from lavic.evaluation import evaluate
+
+    seen: list[tuple[bool, tuple[str, ...]]] = []
+    real = evaluate.build_recommend_prompt
+
+    def recording(tok, context, titles, **kwargs):
+        seen.append((kwargs["with_images"], tuple(t for _, t in titles)))
+        return real(tok, context, titles, **kwargs)
+
+    monkeypatch.setattr(evaluate, "build_recommend_prompt", recording)
+    metrics = run_eval(dataset, tmp_path / "out", text_only_baseline=True, described_baseline=True)
+    assert list(metrics["methods"]) == [
+        "random",
+        "retriever-first",
+        "text-only",
+        "described",
+        "LaViC",
+    ]
+    n = len(CONVERSATIONS)
+    assert len(seen) == 3 * n
+    lavic, text, described = seen[:n], seen[n : 2 * n], seen[2 * n :]
+    assert all(with_images for with_images, _ in lavic)
+    assert not any(with_images for with_images, _ in text + described)
+    assert [t for _, t in lavic] == [t for _, t in text]
+    for (_, plain), (_, worded) in zip(text, described, strict=True):
+        assert worded == tuple(f"{t} — x" for t in plain)  # every test item is described "x"

@@ -13,7 +13,8 @@ and missing titles and images, throughput, and the same metrics for the baseline
 
 The baselines: a seeded random candidate, the retriever's first candidate (the lists are
 ranked by the retriever), and text-only (the model given ``--text_only_model_dir``, or with
-``--text_only_baseline`` the same model, reading the prompt without item tokens).
+``--text_only_baseline`` the same model, reading the prompt without item tokens;
+``--described_baseline`` the same model reading each candidate's image description in words).
 """
 
 from __future__ import annotations
@@ -122,6 +123,14 @@ class Args(InferenceArgs):
         metadata={
             "help": "also run the same model on the text-only prompt as "
             "the text-only baseline (a second pass)"
+        },
+    )
+    described_baseline: bool = field(
+        default=False,
+        metadata={
+            "help": "also run the same model on the text-only prompt whose candidates carry "
+            "their image's description in words (from the metadata: `lavic describe` writes "
+            "the teacher's) after the title: what the images can tell, as text (a third pass)"
         },
     )
     max_length: int = field(default=2048, metadata={"help": "token budget of prompt + answer"})
@@ -258,8 +267,26 @@ class PassResult:
     seconds: float
 
 
-def _titles(meta: dict[str, ItemMeta], candidates: Sequence[str]) -> list[tuple[str, str]]:
-    return [(c, item_title(meta, c)) for c in candidates]
+def _titles(
+    meta: dict[str, ItemMeta], candidates: Sequence[str], *, described: bool = False
+) -> list[tuple[str, str]]:
+    """``(id, title)`` per candidate; ``described``: the title followed by the description of
+    the item's first described image, in words (the ``described`` baseline's prompt)."""
+    if not described:
+        return [(c, item_title(meta, c)) for c in candidates]
+    return [(c, described_title(meta, c)) for c in candidates]
+
+
+def described_title(meta: dict[str, ItemMeta], item_id: str) -> str:
+    """``title — description`` (whitespace folded); the title alone when nothing is described."""
+    title = item_title(meta, item_id)
+    item = meta.get(item_id)
+    if item is None:
+        return title
+    names = list(item.image_names) + [n for n in item.descriptions if n not in item.image_names]
+    text = next((item.descriptions[n] for n in names if item.descriptions.get(n, "").strip()), "")
+    text = " ".join(text.split())
+    return f"{title} — {text}" if text else title
 
 
 def decode_conversations(
@@ -274,8 +301,10 @@ def decode_conversations(
     batch_size: int,
     max_new_tokens: int | None = None,
     desc: str = "evaluate",
+    described: bool = False,
 ) -> PassResult:
-    """Answer every conversation (prompts with item tokens unless ``item_tokens`` is None)."""
+    """Answer every conversation (prompts with item tokens unless ``item_tokens`` is None;
+    ``described``: each candidate's title followed by its image's description in words)."""
     tok = backbone.tokenizer
     with_images = item_tokens is not None
     decoded: list[Decoded] = []
@@ -293,7 +322,7 @@ def decode_conversations(
             prompt = build_recommend_prompt(
                 tok,
                 conv.context,
-                _titles(meta, candidates),
+                _titles(meta, candidates, described=described),
                 max_length=max_length,
                 with_images=with_images,
             )
@@ -430,7 +459,13 @@ class Evaluator:
         )
 
     def decode(
-        self, backbone: Backbone, data: EvalData, tokens: dict[str, torch.Tensor] | None, desc: str
+        self,
+        backbone: Backbone,
+        data: EvalData,
+        tokens: dict[str, torch.Tensor] | None,
+        desc: str,
+        *,
+        described: bool = False,
     ) -> PassResult:
         """One pass over the conversations (with item tokens unless ``tokens`` is None)."""
         a = self.args
@@ -445,6 +480,7 @@ class Evaluator:
             batch_size=a.batch_size,
             max_new_tokens=a.max_new_tokens,
             desc=desc,
+            described=described,
         )
 
     def score(self, result: PassResult, data: EvalData) -> dict[str, Any]:
@@ -546,6 +582,20 @@ class Evaluator:
                 self.decode(text_backbone, data, None, "text-only"), data
             )
             del text_backbone
+        if a.described_baseline:
+            described = sum(
+                described_title(data.meta, i) != item_title(data.meta, i) for i in data.item_ids
+            )
+            if described < len(data.item_ids):
+                logger.warning(
+                    "described baseline: %d of %d candidate items have no description (title "
+                    "alone)",
+                    len(data.item_ids) - described,
+                    len(data.item_ids),
+                )
+            methods["described"] = self.score(
+                self.decode(backbone, data, None, "described", described=True), data
+            )
         methods[main_name] = self.score(main, data)
 
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -636,6 +686,7 @@ __all__ = [
     "SUMMARY_FILE",
     "append_summary",
     "decode_conversations",
+    "described_title",
     "encode_items",
     "evaluate_split",
     "load_model",
