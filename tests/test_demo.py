@@ -23,11 +23,16 @@ def _files_and_mtimes(*folders: Path) -> dict[str, int]:
 
 
 @pytest.mark.slow
-def test_demo_end_to_end_writes_results_and_report(tmp_path, capsys, caplog):
+def test_demo_end_to_end_writes_results_and_report(tmp_path, capsys, caplog, monkeypatch):
+    from lavic import demo
+    from lora_artefacts import write_tuned_lineage
+
+    # The shipped reference is built on `tiny`; a tiny-random lineage stands in for it here.
+    monkeypatch.setattr(demo, "REFERENCE_DIR", write_tuned_lineage(tmp_path / "reference"))
     out = tmp_path / "demo"
     assert main(["demo", "--output_dir", str(out), *SMALL_DEMO]) == 0
     results = json.loads((out / "results.json").read_text())
-    assert set(results) == {"synthetic_home", "stage1_look_words"}
+    assert set(results) == {"synthetic_home", "stage1_look_words", "all_categories", "reference"}
     looks = results["stage1_look_words"]
     assert set(looks) == {"student_real", "student_shuffled"}
     assert looks["student_real"]["look_tokens"] > 0
@@ -39,13 +44,27 @@ def test_demo_end_to_end_writes_results_and_report(tmp_path, capsys, caplog):
     tuned = json.loads((out / "tune" / "metrics.json").read_text())
     assert tuned["candidate_curriculum"] == [2]  # the demo's default: two candidates first
     row = results["synthetic_home"]
-    assert set(row) == {"lavic", "text_only", "random", "retriever_first", "ceiling"}
-    for method in ("lavic", "text_only", "random", "retriever_first"):
+    methods = ("lavic", "text_only", "described", "random", "retriever_first")
+    assert set(row) == {*methods, "ceiling"}
+    for method in methods:
         assert set(row[method]) == {"recall@1", "validity@1"}
         assert 0.0 <= row[method]["recall@1"] <= 1.0
         assert row[method]["validity@1"] == 1.0  # score decoding always answers a candidate
     assert 0.0 < row["ceiling"] <= 1.0
+    # One category: the pooled rates are its own, over its gt items, with a noise band.
+    pooled = results["all_categories"]
+    n = pooled["lavic"]["n"]
+    assert n >= 4 and all(pooled[m]["n"] == n for m in (*methods, "ceiling"))
+    for method in methods:
+        assert pooled[method]["hits"] == round(row[method]["recall@1"] * n)
+        assert pooled[method]["recall@1"] == pooled[method]["hits"] / n
+    # The reference, under its own key, scored on the same test conversations.
+    reference = results["reference"]
+    assert set(reference) == {"model_dir", "synthetic_home", "all_categories"}
+    assert reference["all_categories"]["n"] == n
+    assert (out / "item_tokens_reference").is_dir()  # its own stage 1: its own tokens
     report = (out / "report.md").read_text()
+    assert "## The ladder" in report and "LaViC, reference" in report
     for picture in ("results.png", "training_curves.png", "examples.png"):
         assert picture in report
         assert (out / picture).stat().st_size > 1000
@@ -84,3 +103,23 @@ def test_compare_to_text_only_needs_more_than_noise():
     # All-or-nothing rates have zero variance; one answer (1/n) is still within noise.
     assert "not distinguishable" in compare_to_text_only(methods(0.05, 0.0), 20)
     assert compare_to_text_only(methods(0.5, 0.4), 2000).endswith(": above text-only")
+
+
+def test_pooled_recall_and_its_noise_band():
+    from lavic.demo import pooled
+
+    got = pooled([(0.5, 50), (0.2, 50), (0.1, 40)])  # 25 + 10 + 4 hits
+    assert got["hits"] == 39 and got["n"] == 140
+    assert got["recall@1"] == pytest.approx(39 / 140)
+    assert got["noise95"] == pytest.approx(1.96 * ((39 / 140) * (101 / 140) / 140) ** 0.5)
+
+
+def test_the_reference_is_used_only_on_its_own_base(tmp_path, monkeypatch):
+    from lavic import demo
+    from lora_artefacts import write_tuned_lineage
+
+    monkeypatch.setattr(demo, "REFERENCE_DIR", write_tuned_lineage(tmp_path / "ref"))
+    assert demo.reference_artifact("tiny-random") == demo.REFERENCE_DIR
+    assert demo.reference_artifact("tiny") is None  # not the base it was trained on
+    monkeypatch.setattr(demo, "REFERENCE_DIR", tmp_path / "absent")
+    assert demo.reference_artifact("tiny-random") is None

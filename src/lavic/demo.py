@@ -55,7 +55,9 @@ class Args:
     )
     num_train: int = field(default=40, metadata={"help": "train conversations per category"})
     num_valid: int = field(default=6, metadata={"help": "valid conversations per category"})
-    num_test: int = field(default=20, metadata={"help": "test conversations per category"})
+    # 50 a category, 150 in all: a difference of 0.1 in Recall@1 is then beyond the noise of
+    # the pooled rate (about +/-0.07 at 0.3), which 20 a category never allowed.
+    num_test: int = field(default=50, metadata={"help": "test conversations per category"})
     num_candidates: int = field(default=10, metadata={"help": "candidates per conversation"})
     distill_steps: int = field(default=40, metadata={"help": "stage-1 optimizer steps"})
     distill_batch_size: int = field(default=4, metadata={"help": "stage-1 images per step"})
@@ -81,6 +83,43 @@ class Args:
         default="score", metadata={"help": "how the answer is read (see lavic evaluate)"}
     )
     overwrite: bool = field(default=False, metadata={"help": "start again from an empty folder"})
+    reference: bool = field(
+        default=True,
+        metadata={
+            "help": "also evaluate the shipped reference LaViC-tiny (both stages trained long, "
+            "on a catalogue of another seed: docs/tiny.md) on this run's test conversations "
+            "(only when --model_name is the reference's base, `tiny`)"
+        },
+    )
+
+
+# The reference LaViC-tiny: stage 1 and stage 2 trained long once (docs/tiny.md has the
+# command), shipped as two small artefacts; `tune/` names `distill/` as its parent.
+REFERENCE_DIR = Path(__file__).resolve().parent / "assets" / "reference" / "tune"
+
+
+def reference_artifact(model_name: str) -> Path | None:
+    """The shipped reference artefact if it is built on ``model_name``, else None."""
+    from lavic.artifacts import read_artifact_info
+
+    info = read_artifact_info(REFERENCE_DIR) if (REFERENCE_DIR / ARTIFACT_FILE).is_file() else None
+    if info is None or info.get("base_model") != model_name:
+        return None
+    return REFERENCE_DIR
+
+
+def pooled(rows: list[tuple[float, int]]) -> dict[str, float | int]:
+    """Recall@1 over every category's gt items (``(recall@1, num_gt_items)`` per category),
+    with its 95% noise band (normal approximation of a binomial rate)."""
+    n = sum(count for _, count in rows)
+    hits = sum(round(rate * count) for rate, count in rows)
+    rate = hits / n if n else 0.0
+    return {
+        "recall@1": rate,
+        "hits": hits,
+        "n": n,
+        "noise95": 1.96 * (rate * (1 - rate) / max(n, 1)) ** 0.5,
+    }
 
 
 class StageClock:
@@ -237,6 +276,36 @@ def _token_budget(backbone_dir: Path, data: Path) -> dict[str, Any]:
     }
 
 
+LADDER = (
+    ("ceiling (the answer is among the candidates)", None, "ceiling"),
+    ("the look in words (each image's description, no item tokens)", None, "described"),
+    ("LaViC, reference (shipped; trained long on another catalogue)", "reference", "lavic"),
+    ("LaViC, this run (5 item tokens)", None, "lavic"),
+    ("text-only, this run (no item tokens)", None, "text_only"),
+    ("random candidate", None, "random"),
+)
+
+
+def ladder(results: dict[str, Any], categories: list[str]) -> list[tuple[str, dict[str, str]]]:
+    """The report's ladder: one row per rung, Recall@1 per category and over all of them with
+    its 95% noise band, on the same test conversations."""
+    rows = []
+    for name, group, key in LADDER:
+        source = results.get(group) if group else results
+        if source is None:
+            continue
+        row = {}
+        for c in categories:
+            value = source[c] if group else source[c][key]
+            row[c] = f"{value if isinstance(value, float) else value['recall@1']:.3f}"
+        total = source["all_categories"] if group else source["all_categories"][key]
+        row["all"] = (
+            f"{total['recall@1']:.3f} +/- {total['noise95']:.3f} ({total['hits']}/{total['n']})"
+        )
+        rows.append((name, row))
+    return rows
+
+
 def run(args: Args) -> int:
     from lavic.data import synthetic
     from lavic.demo_report import compare_to_text_only
@@ -254,7 +323,7 @@ def run(args: Args) -> int:
         # relative costs: the minutes each stage took with `tiny` on an idle 2-core CPU
         [("synthetic catalogue", 0.2), ("stage 1: distill", 3.6), ("stage 1: look words", 0.4)]
         + [("stage 2: tune (all categories)", 4.6)]
-        + [(f"{c}: evaluate", 1.5) for c in planned]
+        + [(f"{c}: evaluate", 1.5 * (1 + args.reference)) for c in planned]
         + [("report", 0.3)]
     )
     clock.begin("synthetic catalogue")
@@ -300,23 +369,37 @@ def run(args: Args) -> int:
     clock.end()
     results: dict[str, Any] = {"stage1_look_words": looks}
     evaluations: dict[str, dict[str, Any]] = {}
+    reference = reference_artifact(args.model_name) if args.reference else None
+    references: dict[str, dict[str, Any]] = {}
+    test_split = {
+        "data_dir": data,
+        "candidate_type": CANDIDATE_TYPE,
+        "split": "test",
+        "item_meta_path": data / "item2meta_train.json",
+        "image_dir": data / "train_images",
+        "decoding": args.decoding,
+        "max_length": args.max_length,
+        "seed": args.seed,
+    }
     for category in categories:
         clock.begin(f"{category}: evaluate")
         metrics = evaluate_split(
             model_dir=lavic_dir,
-            data_dir=data,
             category=category,
-            candidate_type=CANDIDATE_TYPE,
-            split="test",
-            item_meta_path=data / "item2meta_train.json",
-            image_dir=data / "train_images",
             output_dir=out / category / "eval",
-            decoding=args.decoding,
-            max_length=args.max_length,
             cache_dir=cache_dir,
             text_only_baseline=True,
-            seed=args.seed,
+            described_baseline=True,  # the ladder's rung: the look in words, no item tokens
+            **test_split,
         )
+        if reference is not None:
+            references[category] = evaluate_split(
+                model_dir=reference,
+                category=category,
+                output_dir=out / category / "eval_reference",
+                cache_dir=out / "item_tokens_reference",  # its own stage 1, its own tokens
+                **test_split,
+            )
         clock.end()
         evaluations[category] = metrics
         methods = metrics["methods"]
@@ -325,6 +408,7 @@ def run(args: Args) -> int:
             for name, key in (
                 ("lavic", "LaViC"),
                 ("text_only", "text-only"),
+                ("described", "described"),
                 ("random", "random"),
                 ("retriever_first", "retriever-first"),
             )
@@ -333,6 +417,32 @@ def run(args: Args) -> int:
         print(f"\n== {category} (test, {metrics['num_conversations']} conversations) ==")
         print(format_table(metrics))
         print(compare_to_text_only(metrics["methods"], metrics["num_conversations"]))
+        if category in references:
+            print(f"reference LaViC-tiny: Recall@1 {references[category]['recall@1']:.3f}")
+
+    # Every category's test conversations together (the noise band shrinks with n).
+    gts = [evaluations[c]["num_gt_items"] for c in categories]
+    results["all_categories"] = {
+        name: pooled(
+            [(results[c][name]["recall@1"], n) for c, n in zip(categories, gts, strict=True)]
+        )
+        for name in ("lavic", "text_only", "described", "random", "retriever_first")
+    }
+    results["all_categories"]["ceiling"] = pooled(
+        [(results[c]["ceiling"], n) for c, n in zip(categories, gts, strict=True)]
+    )
+    if references:
+        # Its own key: the shipped model, trained long elsewhere, not this run's.
+        results["reference"] = {
+            "model_dir": str(reference),
+            **{
+                c: {"recall@1": m["recall@1"], "validity@1": m["validity@1"]}
+                for c, m in references.items()
+            },
+            "all_categories": pooled(
+                [(references[c]["recall@1"], references[c]["num_gt_items"]) for c in categories]
+            ),
+        }
 
     clock.begin("report")
     atomic_write_json(out / RESULTS_FILE, results)
@@ -347,6 +457,7 @@ def run(args: Args) -> int:
         stage1_dir=out / "distill",
         tune_dir=tune_dir,
         stage1_looks=looks,
+        ladder=ladder(results, categories),
     )
     clock.end()
     print(
@@ -354,6 +465,8 @@ def run(args: Args) -> int:
         f"full image tokens of this backbone {budget['backbone_full_tokens_per_candidate_mean']:.0f}"
         f" on average (LLaVA-v1.6: up to {LLAVA_V16_MAX_IMAGE_TOKENS})"
     )
+    for name, row in ladder(results, categories):
+        print(f"{name:<52} {row['all']}")
     print(f"results: {out / RESULTS_FILE}\nreport:  {report}")
     atomic_write_text(out / "token_budget.json", json.dumps(budget, indent=2) + "\n")
     return 0
