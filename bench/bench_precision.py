@@ -21,7 +21,7 @@ import time
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from lavic.training.precision import cpu_has_native_bf16
+from lavic.precision import cpu_has_native_bf16
 
 # SmolLM2-135M's shape (HuggingFaceTB/SmolLM2-135M-Instruct config.json).
 SMOLLM2_135M = dict(

@@ -44,7 +44,7 @@ def force_cpu_bf16(monkeypatch):
     exercise the bf16 path wherever the suite runs, beside their float32 twins.
     """
     from lavic.model import inference
-    from lavic.training import precision
+    from lavic import precision
 
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
     monkeypatch.setattr(inference, "cpu_has_native_bf16", lambda: True)

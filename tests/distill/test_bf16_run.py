@@ -9,7 +9,7 @@ import logging
 
 import pytest
 
-from lavic.training import precision as P
+from lavic import precision as P
 
 from .helpers import run_distill
 

@@ -48,7 +48,7 @@ def test_served_picks_match_the_evaluator(synthetic, tuned_dir, embedder, tmp_pa
 
     from lavic.data.loaders import load_split
     from lavic.evaluation.evaluate import evaluate_split
-    from lavic.evaluation.metrics import recall_at_1
+    from lavic.metrics import recall_at_1
     from lavic.serving.app import create_app
     from lavic.serving.index import Args, build_index
     from lavic.serving.recommender import Recommender

@@ -45,8 +45,8 @@ from lavic.data.loaders import (
 )
 from lavic.data.records import Conversation, ItemMeta, LoadReport
 from lavic.errors import LavicError
-from lavic.evaluation.metrics import gt_in_candidates, recall_at_1_ceiling
 from lavic.io import atomic_write_json
+from lavic.metrics import gt_in_candidates, recall_at_1_ceiling
 
 logger = logging.getLogger(__name__)
 

@@ -165,7 +165,7 @@ def run(args: Args) -> int:
     from lavic.io import atomic_write_json
     from lavic.model.backbone import load_backbone, unwrap
     from lavic.model.lora import count_parameters
-    from lavic.training.precision import check_on_loader, resolve_precision
+    from lavic.precision import check_on_loader, resolve_precision
     from lavic.training.resume import checkpoint_to_resume
     from lavic.training.sampler import make_loader
     from lavic.training.trainer import build_trainer

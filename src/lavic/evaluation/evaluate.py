@@ -37,14 +37,6 @@ from lavic.data.loaders import item_title, items_without_title, load_item_meta, 
 from lavic.data.records import Conversation, ItemMeta, LoadReport
 from lavic.errors import LavicError
 from lavic.evaluation.decoding import DECODINGS, Decoded, decode_batch, prepare_prompts
-from lavic.evaluation.metrics import (
-    hit_rate_at_k,
-    mrr,
-    ndcg_at_k,
-    recall_at_1,
-    recall_at_1_ceiling,
-    validity_at_1,
-)
 from lavic.evaluation.report import format_table, write_plot
 from lavic.evaluation.results import (
     METRICS_FILE,
@@ -57,6 +49,14 @@ from lavic.evaluation.results import (
     training_hyperparameters,
     update_metrics_file,
     write_results,
+)
+from lavic.metrics import (
+    hit_rate_at_k,
+    mrr,
+    ndcg_at_k,
+    recall_at_1,
+    recall_at_1_ceiling,
+    validity_at_1,
 )
 from lavic.model.backbone import Backbone, unwrap
 from lavic.model.inference import load_model, resolve_model_dir

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -231,17 +232,30 @@ def _load_hf(name: str, dtype: torch.dtype | None) -> Backbone:
     return Backbone(model=model, tokenizer=tokenizer, processor=processor, name=name)
 
 
-def _load_base(name: str, dtype: torch.dtype | None) -> Backbone:
-    if name == "tiny-random":
-        backbone = build_tiny_random()
-        if dtype is not None:
-            backbone.model.to(dtype)
-        return backbone
-    if name == "tiny":
-        from lavic.model.tiny import load_tiny
+# The backbones known by name: name -> loader(dtype). Any other name is a LLaVA-NeXT
+# checkpoint (a Hub id or a local folder, `_load_hf`). A new family plugs in by registering
+# its loader from its own module, imported by `lavic.model` (as `lavic.model.tiny` does).
+BACKBONES: dict[str, Callable[[torch.dtype | None], Backbone]] = {}
 
-        return load_tiny(dtype=dtype)
-    return _load_hf(name, dtype)
+
+def register_backbone(name: str, loader: Callable[[torch.dtype | None], Backbone]) -> None:
+    """Make ``load_backbone(name)`` (and artefacts whose base model is ``name``) use ``loader``."""
+    BACKBONES[name] = loader
+
+
+def _tiny_random(dtype: torch.dtype | None) -> Backbone:
+    backbone = build_tiny_random()
+    if dtype is not None:
+        backbone.model.to(dtype)
+    return backbone
+
+
+register_backbone("tiny-random", _tiny_random)
+
+
+def _load_base(name: str, dtype: torch.dtype | None) -> Backbone:
+    loader = BACKBONES.get(name)
+    return loader(dtype) if loader is not None else _load_hf(name, dtype)
 
 
 def load_backbone(

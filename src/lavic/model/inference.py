@@ -24,7 +24,7 @@ import torch
 from lavic.artifacts import ARTIFACT_FILE, TUNED_ADAPTER_DIR, read_artifact_info
 from lavic.errors import LavicError
 from lavic.model.backbone import Backbone, load_backbone
-from lavic.training.precision import CheckResult, bf16_matches_fp32, cpu_has_native_bf16
+from lavic.precision import CheckResult, bf16_matches_fp32, cpu_has_native_bf16
 
 log = logging.getLogger(__name__)
 

@@ -46,7 +46,7 @@ from transformers.models.llava_next.image_processing_pil_llava_next import (
 from lavic.artifacts import ADAPTER_WEIGHTS
 from lavic.errors import LavicError
 from lavic.io import apply_umask, atomic_write_json
-from lavic.model.backbone import Backbone, add_item_tokens
+from lavic.model.backbone import Backbone, add_item_tokens, register_backbone
 from lavic.prompts import IMAGE_TOKEN
 
 log = logging.getLogger(__name__)
@@ -516,3 +516,6 @@ def load_tiny(
     if dtype is not None:
         backbone.model.to(dtype)
     return backbone
+
+
+register_backbone("tiny", lambda dtype: load_tiny(dtype=dtype))

@@ -380,7 +380,7 @@ def retrieval_recall_at_k(
         conversations: Conversations with ``context`` and ``gt_items``.
         k: How many items are retrieved per conversation.
     """
-    from lavic.evaluation.metrics import hit_rate_at_k
+    from lavic.metrics import hit_rate_at_k
 
     if k < 1:
         raise LavicError(f"k must be >= 1, got {k}")

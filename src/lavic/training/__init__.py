@@ -1,6 +1,6 @@
-"""The training core shared by the LoRA stages (distill, tune): precision, the Trainer and its
+"""The training core shared by the LoRA stages (distill, tune): the Trainer and its
 checkpoints, resume, the sampler, LoRA wrapping and the LightningModule base.
 
-Submodules are imported where needed (``lavic.training.precision`` needs only torch, so
-inference code may use it without importing Lightning).
+Submodules are imported where needed. The choice of precision lives below both this package
+and ``lavic.model`` (``lavic.precision``, torch only), since inference uses it too.
 """

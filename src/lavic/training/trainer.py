@@ -171,7 +171,7 @@ def build_trainer(
     Args:
         args: the run's options (devices, strategy, epochs, steps, checkpointing, logging).
         model: the PeftModel (the FSDP wrapping policy is read from its blocks).
-        precision: the resolved Lightning precision (:func:`~lavic.training.precision.resolve_precision`).
+        precision: the resolved Lightning precision (:func:`~lavic.precision.resolve_precision`).
         output_dir: the run folder (logs, checkpoints).
         num_nodes: machines.
         gradient_clip_val: clip the gradient norm (None: off).

@@ -175,7 +175,7 @@ def run(args: Args) -> int:
     from lavic.model.backbone import load_backbone
     from lavic.model.compute import prompt_logits
     from lavic.model.lora import count_parameters
-    from lavic.training.precision import (
+    from lavic.precision import (
         check_on_loader,
         cpu_bf16_possible,
         resolve_precision,

@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from lavic.evaluation.metrics import (
+from lavic.metrics import (
     gt_in_candidates,
     hit_rate_at_k,
     mrr,

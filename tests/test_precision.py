@@ -11,7 +11,7 @@ import torch
 from lavic.model.backbone import build_tiny_random
 from lavic.model.compute import prompt_logits
 from lavic.model.inference import load_model, probe_bf16
-from lavic.training import precision as P
+from lavic import precision as P
 
 
 @pytest.fixture()
