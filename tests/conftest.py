@@ -43,8 +43,8 @@ def force_cpu_bf16(monkeypatch):
     AVX2-only CPU bf16 is emulated (slower, the same numbers), so the tests that use this fixture
     exercise the bf16 path wherever the suite runs, beside their float32 twins.
     """
-    from lavic.model import inference
     from lavic import precision
+    from lavic.model import inference
 
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
     monkeypatch.setattr(inference, "cpu_has_native_bf16", lambda: True)
