@@ -1,0 +1,44 @@
+"""Copy a finished reference run (configs/reference_tiny.sh) into the package as two small
+artefacts: ``DEST/distill`` (stage 1) and ``DEST/tune`` (stage 2, whose parent is
+``../distill``), the adapters' weights in float16, without PEFT's empty model card.
+
+Usage: python configs/ship_reference.py RUN_DIR DEST
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from lavic.artifacts import ADAPTER_WEIGHTS, ARTIFACT_FILE, atomic_directory
+
+
+def ship(source: Path, dest: Path, *, parent: str | None) -> None:
+    with atomic_directory(dest) as tmp:
+        for path in source.iterdir():
+            if path.is_file() and path.name != "README.md":
+                shutil.copy2(path, tmp / path.name)
+        weights = tmp / ADAPTER_WEIGHTS
+        state = {k: v.to(torch.float16).contiguous() for k, v in load_file(weights).items()}
+        save_file(state, weights, metadata={"format": "pt", "lavic": "reference LaViC-tiny"})
+        info = json.loads((tmp / ARTIFACT_FILE).read_text(encoding="utf-8"))
+        info["parent"] = parent
+        (tmp / ARTIFACT_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+        for path in tmp.iterdir():
+            path.chmod(0o644)  # package data: readable by all
+
+
+def main(run_dir: str, dest: str) -> None:
+    run, out = Path(run_dir), Path(dest)
+    ship(run / "distill" / "vision_lora_adapter_best", out / "distill", parent=None)
+    ship(run / "tune" / "trained_lora_adapter", out / "tune", parent="../distill")
+    print(f"shipped {run} -> {out}")
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])

@@ -1,0 +1,56 @@
+"""The reference LaViC-tiny that `lavic demo` evaluates: how it is shipped (configs/
+ship_reference.py) and what is shipped (src/lavic/assets/reference)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from lavic.artifacts import artifact_lineage, read_artifact_info
+from lavic.model.backbone import load_backbone
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _ship_module():
+    spec = importlib.util.spec_from_file_location(
+        "ship_reference", REPO / "configs" / "ship_reference.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _logits(backbone) -> torch.Tensor:
+    ids = torch.tensor([backbone.tokenizer("a plain red mug with a handle")["input_ids"]])
+    with torch.no_grad():
+        return backbone.model(input_ids=ids).logits
+
+
+def test_shipping_keeps_the_lineage_and_the_model(tmp_path):
+    """A run's two artefacts become `distill/` and `tune/` (parent `../distill`), fp16
+    weights, no model card; loaded, the shipped model gives the run's logits up to fp16."""
+    from lora_artefacts import write_stage1_artifact, write_stage2_artifact
+
+    run = tmp_path / "run"
+    distilled = write_stage1_artifact(run / "distill" / "vision_lora_adapter_best")
+    write_stage2_artifact(run / "tune" / "trained_lora_adapter", parent=distilled, seed=2)
+    (distilled / "README.md").write_text("PEFT's empty card")
+    dest = tmp_path / "reference"
+    _ship_module().main(str(run), str(dest))
+
+    assert sorted(p.name for p in dest.iterdir()) == ["distill", "tune"]
+    assert not (dest / "distill" / "README.md").exists()
+    assert read_artifact_info(dest / "tune")["parent"] == "../distill"
+    lineage = [path.resolve() for path, _ in artifact_lineage(dest / "tune")]
+    assert lineage == [(dest / "tune").resolve(), (dest / "distill").resolve()]
+    for part in ("distill", "tune"):
+        weights = load_file(dest / part / "adapter_model.safetensors")
+        assert weights and all(t.dtype == torch.float16 for t in weights.values())
+    original = _logits(load_backbone(run / "tune" / "trained_lora_adapter"))
+    shipped = _logits(load_backbone(dest / "tune"))
+    assert torch.allclose(original, shipped, atol=1e-2, rtol=1e-3)
+    assert not torch.equal(original, _logits(load_backbone("tiny-random")))  # adapters applied
