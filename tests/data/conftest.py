@@ -1,10 +1,29 @@
-"""Shared fixtures for the data-layer tests: valid conversation records and JSON-lines bytes."""
+"""Shared fixtures for the data-layer tests: valid conversation records, JSON-lines bytes, and
+for the network tests a local HTTP server with no proxy from the environment in the way."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
+
+from .http_server import LocalServer
+
+# Requests to 127.0.0.1 must never go through a proxy from the environment.
+PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
+
+
+@pytest.fixture(autouse=True)
+def _no_proxy(monkeypatch):
+    for var in PROXY_VARS:
+        monkeypatch.delenv(var, raising=False)
+
+
+@pytest.fixture
+def server():
+    """A server on 127.0.0.1 (tests/data/http_server.py), stopped after the test."""
+    with LocalServer() as s:
+        yield s
 
 
 def conversation(**overrides) -> dict:

@@ -32,8 +32,8 @@ from lavic.data.crawl import (
 )
 from lavic.errors import DataError, LavicError
 
+from .conftest import PROXY_VARS
 from .http_server import (
-    LocalServer,
     cut,
     image_bytes,
     ok,
@@ -45,20 +45,6 @@ from .http_server import (
 
 SHARED = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "reddit_amazon"
 REPO = Path(__file__).resolve().parents[2]
-PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
-
-
-@pytest.fixture(autouse=True)
-def _no_proxy(monkeypatch):
-    # Requests to 127.0.0.1 must never go through a proxy from the environment.
-    for var in PROXY_VARS:
-        monkeypatch.delenv(var, raising=False)
-
-
-@pytest.fixture
-def server():
-    with LocalServer() as s:
-        yield s
 
 
 # The local server is on 127.0.0.1: these tests opt in to private hosts (the guard's own

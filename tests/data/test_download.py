@@ -37,13 +37,6 @@ from .http_server import (
 )
 
 PREFIX = "/jeon185/LaViC/main/data"
-PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
-
-
-@pytest.fixture(autouse=True)
-def _no_proxy(monkeypatch):
-    for var in PROXY_VARS:
-        monkeypatch.delenv(var, raising=False)
 
 
 def _jsonl(rows: list[dict]) -> bytes:

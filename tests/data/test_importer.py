@@ -21,22 +21,9 @@ from lavic.data.loaders import load_item_meta
 from lavic.errors import DataError, LavicError
 
 from .catalogue_table import BAD_ROWS, GOOD_ROWS, SHOP_ROWS, write_shop_export, write_table
-from .http_server import LocalServer, ok
+from .http_server import ok
 
-PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
 COLUMNS = ["--id_column", "sku", "--title_column", "name", "--image_column", "picture"]
-
-
-@pytest.fixture(autouse=True)
-def _no_proxy(monkeypatch):
-    for var in PROXY_VARS:
-        monkeypatch.delenv(var, raising=False)
-
-
-@pytest.fixture
-def server():
-    with LocalServer() as s:
-        yield s
 
 
 @pytest.fixture

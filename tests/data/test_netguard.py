@@ -45,22 +45,9 @@ from .http_server import (
     route_public_name,
 )
 
-PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
 # The guard on (the default): only the flag-free options.
 GUARDED = CrawlOptions(concurrency=8, timeout=2.0, retries=1, backoff_base=0.01, progress=False)
 HINT = "(use --allow_private_hosts to allow)"
-
-
-@pytest.fixture(autouse=True)
-def _no_proxy(monkeypatch):
-    for var in PROXY_VARS:
-        monkeypatch.delenv(var, raising=False)
-
-
-@pytest.fixture
-def server():
-    with LocalServer() as s:
-        yield s
 
 
 @pytest.fixture
