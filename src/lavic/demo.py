@@ -278,7 +278,7 @@ def _token_budget(backbone_dir: Path, data: Path) -> dict[str, Any]:
 
 LADDER = (
     ("ceiling (the answer is among the candidates)", None, "ceiling"),
-    ("the look in words (each image's description, no item tokens)", None, "described"),
+    ("this run's model reading each image's description in words", None, "described"),
     ("LaViC, reference (shipped; trained long on another catalogue)", "reference", "lavic"),
     ("LaViC, this run (5 item tokens)", None, "lavic"),
     ("text-only, this run (no item tokens)", None, "text_only"),
@@ -389,7 +389,7 @@ def run(args: Args) -> int:
             output_dir=out / category / "eval",
             cache_dir=cache_dir,
             text_only_baseline=True,
-            described_baseline=True,  # the ladder's rung: the look in words, no item tokens
+            described_baseline=True,  # the ladder's rung: the descriptions in words, no tokens
             **test_split,
         )
         if reference is not None:
@@ -466,7 +466,7 @@ def run(args: Args) -> int:
         f" on average (LLaVA-v1.6: up to {LLAVA_V16_MAX_IMAGE_TOKENS})"
     )
     for name, row in ladder(results, categories):
-        print(f"{name:<52} {row['all']}")
+        print(f"{name:<60} {row['all']}")
     print(f"results: {out / RESULTS_FILE}\nreport:  {report}")
     atomic_write_text(out / "token_budget.json", json.dumps(budget, indent=2) + "\n")
     return 0

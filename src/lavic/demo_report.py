@@ -238,10 +238,11 @@ def _ladder_lines(categories: list[str], ladder: list[tuple[str, dict[str, str]]
     return [
         "## The ladder (test split, Recall@1, the same conversations on every rung)",
         "",
-        "Where the accuracy is lost: the answer among the candidates (ceiling); the language "
+        "Where the accuracy is lost: the answer among the candidates (ceiling); this run's "
         "model reading each candidate's image description in words instead of its item tokens "
-        "(what the images can tell, as text); LaViC reading the five tokens, the reference "
-        "trained long and this run's model; the same model without the tokens; a random pick. "
+        "(what the images can tell, as text, to a model tuned on the tokens); LaViC reading the "
+        "five tokens, the reference trained long (when one is shipped) and this run's model; "
+        "the same model without the tokens; a random pick. "
         "The last column pools every category, with its 95% noise band.",
         "",
         f"| rung | {' | '.join(categories)} | all |",
