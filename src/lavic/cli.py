@@ -43,6 +43,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+# "No space left on device" and "Disk quota exceeded": a one-line error, not a traceback.
+_FULL = {errno.ENOSPC, errno.EDQUOT}
+
 # Commands whose model runs torch ops on the CPU: they take --threads.
 THREADED_COMMANDS = ("describe", "distill", "tune", "evaluate", "index", "serve")
 THREADS_HELP = (
@@ -152,10 +155,6 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
-
-
-# "No space left on device" and "Disk quota exceeded": a one-line error, not a traceback.
-_FULL = {errno.ENOSPC, errno.EDQUOT}
 
 
 if __name__ == "__main__":

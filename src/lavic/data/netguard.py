@@ -254,17 +254,7 @@ def client(allow_private_hosts: bool = False, **kwargs: Any) -> httpx.Client:
     """
     if allow_private_hosts:
         return httpx.Client(**kwargs)
-    settings = _transport_settings(kwargs)
-
-    def guarded(proxy: str | None) -> httpx.BaseTransport:
-        inner = httpx.HTTPTransport(**settings, proxy=proxy)
-        return GuardedTransport(inner, pin=proxy is None)
-
-    direct = guarded(None)
-    mounts = {
-        pattern: direct if proxy is None else guarded(proxy)
-        for pattern, proxy in _environment_proxies(settings["trust_env"]).items()
-    }
+    direct, mounts = _guarded_transports(kwargs, httpx.HTTPTransport, GuardedTransport)
     return httpx.Client(transport=direct, mounts=mounts, **kwargs)
 
 
@@ -272,27 +262,31 @@ def async_client(allow_private_hosts: bool = False, **kwargs: Any) -> httpx.Asyn
     """An ``httpx.AsyncClient`` whose every request goes through the guard (see :func:`client`)."""
     if allow_private_hosts:
         return httpx.AsyncClient(**kwargs)
-    settings = _transport_settings(kwargs)
+    direct, mounts = _guarded_transports(kwargs, httpx.AsyncHTTPTransport, AsyncGuardedTransport)
+    return httpx.AsyncClient(transport=direct, mounts=mounts, **kwargs)
 
-    def guarded(proxy: str | None) -> httpx.AsyncBaseTransport:
-        inner = httpx.AsyncHTTPTransport(**settings, proxy=proxy)
-        return AsyncGuardedTransport(inner, pin=proxy is None)
+
+def _guarded_transports(kwargs: dict[str, Any], transport: type, guard: type) -> tuple[Any, dict]:
+    """The guarded direct transport and one per environment proxy (``pattern -> transport``).
+
+    ``transport`` is httpx's (sync or async) transport class, ``guard`` ours around it. The
+    transport's own arguments (``verify``, ``limits``) are taken out of ``kwargs``: a client
+    given a transport ignores them.
+    """
+    settings = {"trust_env": kwargs.get("trust_env", True)}
+    for name in ("verify", "limits"):
+        if name in kwargs:
+            settings[name] = kwargs.pop(name)
+
+    def guarded(proxy: str | None):
+        return guard(transport(**settings, proxy=proxy), pin=proxy is None)
 
     direct = guarded(None)
     mounts = {
         pattern: direct if proxy is None else guarded(proxy)
         for pattern, proxy in _environment_proxies(settings["trust_env"]).items()
     }
-    return httpx.AsyncClient(transport=direct, mounts=mounts, **kwargs)
-
-
-def _transport_settings(kwargs: dict[str, Any]) -> dict[str, Any]:
-    """The client arguments a transport takes (a client given a transport ignores them)."""
-    settings = {"trust_env": kwargs.get("trust_env", True)}
-    for name in ("verify", "limits"):
-        if name in kwargs:
-            settings[name] = kwargs.pop(name)
-    return settings
+    return direct, mounts
 
 
 # --------------------------------------------------------------------------------------------

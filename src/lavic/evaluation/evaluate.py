@@ -272,9 +272,8 @@ def _titles(
 ) -> list[tuple[str, str]]:
     """``(id, title)`` per candidate; ``described``: the title followed by the description of
     the item's first described image, in words (the ``described`` baseline's prompt)."""
-    if not described:
-        return [(c, item_title(meta, c)) for c in candidates]
-    return [(c, described_title(meta, c)) for c in candidates]
+    title = described_title if described else item_title
+    return [(c, title(meta, c)) for c in candidates]
 
 
 def described_title(meta: dict[str, ItemMeta], item_id: str) -> str:

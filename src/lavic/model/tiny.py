@@ -44,6 +44,7 @@ from transformers.models.llava_next.image_processing_pil_llava_next import (
 )
 
 from lavic.artifacts import ADAPTER_WEIGHTS
+from lavic.data.loaders import is_synthetic_catalogue
 from lavic.errors import LavicError
 from lavic.io import apply_umask, atomic_write_json
 from lavic.model.backbone import Backbone, add_item_tokens, register_backbone
@@ -136,8 +137,6 @@ def warn_if_off_domain(model_name: str, meta: dict, source: str | os.PathLike[st
     Returns:
         Whether it warned.
     """
-    from lavic.data.loaders import is_synthetic_catalogue
-
     if model_name != "tiny" or not meta or is_synthetic_catalogue(meta):
         return False
     log.warning(OFF_DOMAIN_WARNING, source)

@@ -379,8 +379,8 @@ def create_app(
             queue_timeout_s=queue_timeout_s,
         )
         await batcher.start()
-        state["recommender"], state["batcher"] = rec, batcher
-        app.state.batcher = batcher  # for tests and operators poking a live app
+        state["recommender"] = rec
+        app.state.batcher = batcher  # here, not in `state`: tests and operators read it too
         try:
             yield
         finally:
@@ -440,7 +440,7 @@ def create_app(
         )
         try:
             query = rec().check(query)
-            result = await _unless_client_gone(state["batcher"].submit(query), request.receive)
+            result = await _unless_client_gone(app.state.batcher.submit(query), request.receive)
         except RequestError as exc:
             return _problem(422, str(exc))
         except LavicError as exc:  # e.g. the candidates do not fit the prompt budget
@@ -495,7 +495,7 @@ def create_app(
         responses={503: {"description": "the batching loop died: /recommend answers 503"}},
     )
     async def health():
-        r, batcher = rec(), state["batcher"]
+        r, batcher = rec(), app.state.batcher
         queue = batcher.health()
         body = {
             "status": "ok" if queue["alive"] else "batcher down",
