@@ -14,7 +14,8 @@ stages, the default unchanged); ``crawl``/``import-catalogue``/``download-data
 optional (a catalogue alone); ``--threads`` on describe, distill, tune, evaluate, index and
 serve (issue 22); ``serve --max_queue``, ``--queue_timeout_s`` and
 ``--limit_concurrency`` (shedding load, issue 20); ``evaluate --described_baseline``,
-``demo --num_test`` 50 and ``--reference`` (issue 19).
+``demo --num_test`` 50 and ``--reference`` (issue 19); ``synthesize-unseen`` (new command: a
+second held-out catalogue generator).
 """
 
 from __future__ import annotations

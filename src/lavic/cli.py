@@ -24,6 +24,10 @@ from lavic.errors import LavicError
 COMMANDS: dict[str, tuple[str, str]] = {
     "check-data": ("lavic.data.check", "Validate a dataset and report the Recall@1 ceiling"),
     "synthesize": ("lavic.data.synthetic", "Write a synthetic, visually grounded catalogue"),
+    "synthesize-unseen": (
+        "lavic.data.unseen",
+        "Write a second held-out catalogue from a generator sharing no code with synthesize",
+    ),
     "download-data": ("lavic.data.download", "Fetch the published Reddit-Amazon data files"),
     "crawl": ("lavic.data.crawl", "Download item images concurrently into a checked snapshot"),
     "import-catalogue": (

@@ -17,7 +17,7 @@ DEFAULT_MODEL_NAME = "llava-hf/llava-v1.6-mistral-7b-hf"
 # Title used for an item without metadata (the seed's fallback).
 MISSING_TITLE = "No Title"
 
-# `lavic synthesize` gives every image it draws a URL on this reserved (RFC 2606), never
-# resolvable host: the mark of a synthetic catalogue, which the offline `tiny` backbone was
-# built for (see lavic.data.loaders.is_synthetic_catalogue).
+# `lavic synthesize` (and `lavic synthesize-unseen`) give every image they draw a URL on this
+# reserved (RFC 2606), never resolvable host: the mark of a synthetic catalogue, which the
+# offline `tiny` backbone was built for (see lavic.data.loaders.is_synthetic_catalogue).
 SYNTHETIC_IMAGE_URL = "https://example.invalid/"
