@@ -36,7 +36,6 @@ from lavic.data.images import ImageStats, item_image_name, placeholder_image, re
 from lavic.data.loaders import item_title, items_without_title, load_item_meta, load_split
 from lavic.data.records import Conversation, ItemMeta, LoadReport
 from lavic.errors import LavicError
-from lavic.evaluation.decoding import DECODINGS, Decoded, decode_batch, prepare_prompts
 from lavic.evaluation.report import format_table, write_plot
 from lavic.evaluation.results import (
     METRICS_FILE,
@@ -59,6 +58,7 @@ from lavic.metrics import (
     validity_at_1,
 )
 from lavic.model.backbone import Backbone, unwrap
+from lavic.model.decoding import DECODINGS, Decoded, decode_batch, prepare_prompts
 from lavic.model.inference import load_model, resolve_model_dir
 from lavic.model.item_tokens import encode_item_tokens, pixel_views
 from lavic.prompts import build_recommend_prompt

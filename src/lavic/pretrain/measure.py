@@ -141,13 +141,13 @@ def text_selection_accuracy(
     """Zero-shot accuracy of the language model picking the asked-for candidate from text.
 
     Each candidate line carries its teacher description in words. Answers come from the
-    evaluator's own decoding (:mod:`lavic.evaluation.decoding`): ``generate`` (greedy, the
+    evaluator's own decoding (:mod:`lavic.model.decoding`): ``generate`` (greedy, the
     answer parsed for a candidate ID) and ``score`` (the candidate whose ID + EOS is most
     likely). Only conversations whose answer is among the candidates count (the synthetic
     test split drops some answers on purpose); they are taken round-robin over categories.
     """
     from lavic.data.loaders import find_splits, item_title, load_item_meta, load_split
-    from lavic.evaluation.decoding import decode_batch, prepare_prompts
+    from lavic.model.decoding import decode_batch, prepare_prompts
 
     root = Path(catalogue)
     meta = load_item_meta(root / "item2meta_train.json")

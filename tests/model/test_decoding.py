@@ -11,7 +11,9 @@ import torch
 from PIL import Image
 
 from lavic.constants import ITEM_TOKENS
-from lavic.evaluation.decoding import (
+from lavic.model.backbone import build_tiny_random, unwrap
+from lavic.model.compute import embed_prompts
+from lavic.model.decoding import (
     CandidateTrie,
     answer_token_ids,
     constrained_answers,
@@ -22,8 +24,6 @@ from lavic.evaluation.decoding import (
     rank,
     score_candidates,
 )
-from lavic.model.backbone import build_tiny_random, unwrap
-from lavic.model.compute import embed_prompts
 from lavic.model.inputs import encode_prompt
 from lavic.model.item_tokens import encode_item_tokens, pixel_views
 from lavic.prompts import build_recommend_prompt
@@ -245,7 +245,7 @@ def test_score_tree_agrees_with_cache_repeat(tiny, attn):
 
 
 def test_score_auto_falls_back_where_the_tree_mask_is_unsupported(tiny, monkeypatch, caplog):
-    import lavic.evaluation.decoding as decoding
+    import lavic.model.decoding as decoding
 
     rng = random.Random(10)
     lists = [random_ids(rng, 3)]
@@ -259,7 +259,7 @@ def test_score_auto_falls_back_where_the_tree_mask_is_unsupported(tiny, monkeypa
     monkeypatch.setattr(decoding, "_score_repeat", fake_repeat)
     text_config = tiny.model.config.text_config
     monkeypatch.setattr(text_config, "_attn_implementation", "flash_attention_2")
-    with caplog.at_level("DEBUG", logger="lavic.evaluation.decoding"):
+    with caplog.at_level("DEBUG", logger="lavic.model.decoding"):
         (scores,) = score_candidates(tiny.model, tiny.tokenizer, batch, lists)
     assert seen and set(scores) == set(lists[0])
     assert "cache-repeat path" in caplog.text and "flash_attention_2" in caplog.text
