@@ -148,6 +148,18 @@ def test_trie_paths_are_exactly_the_candidate_answers(tiny):
         assert trie.depth == max(len(v) for v in got.values())
 
 
+def test_trie_allowed_is_what_generate_may_take_next():
+    """``allowed(prefix)``: the children of the prefix's node; once an answer is complete
+    (and ``generate`` keeps feeding the finished row padding) only the finishing token."""
+    trie = CandidateTrie({"A": [5, 2], "AB": [5, 6, 2], "C": [7, 2]})  # 2 = EOS
+    assert trie.allowed([], 2) == [5, 7]
+    assert trie.allowed([5], 2) == [2, 6]
+    assert trie.allowed([5, 6], 2) == [2]
+    assert trie.allowed([5, 2], 2) == [2]  # complete
+    assert trie.allowed([5, 2, 0, 0], 2) == [2]  # complete, then padded
+    assert trie.walk([5, 6, 2]).item_id == "AB" and trie.walk([9]) is None
+
+
 def test_trie_separates_a_prefix_by_eos_and_rejects_clashes():
     trie = CandidateTrie({"A": [5, 2], "AB": [5, 6, 2]})  # 2 = EOS
     assert set(trie.root.children[5].children) == {2, 6}
@@ -413,3 +425,53 @@ def test_generate_decoding_parses_its_text(tiny):
     )
     assert decoded.recommended == parse_answer(decoded.response, lists[0])
     assert decoded.ranking is None
+
+
+def test_generate_path_agrees_with_the_hand_loop(tiny):
+    """transformers' generate (inputs_embeds + prefix_allowed_tokens_fn / suppress_tokens)
+    gives the answers, texts and log-probs of the hand-written KV-cache loop it replaces."""
+    from lavic.model.decoding import _constrained_answers_by_hand, _generate_answers_by_hand
+
+    item_ids = tiny.tokenizer.convert_tokens_to_ids(list(ITEM_TOKENS))
+    rng = random.Random(12)
+    for trial in range(3):
+        model = randomised(tiny, 200 + trial)
+        lists = [random_ids(rng, rng.randint(1, 10)) for _ in range(3)]
+        _, _, batch = make_batch(model, lists, rng, with_images=trial != 1)
+        m, tok = model.model, model.tokenizer
+        got = constrained_answers(m, tok, batch, lists)
+        want = _constrained_answers_by_hand(m, tok, batch, lists)
+        assert [g[:2] for g in got] == [w[:2] for w in want]
+        for g, w in zip(got, want, strict=True):
+            assert g[2] == pytest.approx(w[2], abs=1e-5)
+        for n in (1, 4, 12):
+            got = generate_answers(m, tok, batch, max_new_tokens=n, suppress_ids=item_ids)
+            want = _generate_answers_by_hand(m, tok, batch, max_new_tokens=n, suppress_ids=item_ids)
+            assert [g[0] for g in got] == [w[0] for w in want]
+            for g, w in zip(got, want, strict=True):
+                assert g[1] == pytest.approx(w[1], abs=1e-5)
+
+
+def test_a_checkpoints_generation_config_cannot_change_greedy(tiny):
+    """Settings a checkpoint's generation_config.json may carry (a repetition penalty, a
+    minimum length, another EOS, suppressed tokens) do not reach the answers."""
+    model = randomised(tiny, 21)
+    rng = random.Random(21)
+    lists = [random_ids(rng, 6), random_ids(rng, 3)]
+    _, _, batch = make_batch(model, lists, rng)
+    m, tok = model.model, model.tokenizer
+
+    def answers():
+        return (
+            constrained_answers(m, tok, batch, lists),
+            generate_answers(m, tok, batch, max_new_tokens=8, suppress_ids=[]),
+        )
+
+    plain = answers()
+    config = m.generation_config
+    config.repetition_penalty = 3.0
+    config.no_repeat_ngram_size = 1
+    config.min_new_tokens = 6
+    config.eos_token_id = [tok.eos_token_id, 5]
+    config.suppress_tokens = answer_token_ids(tok, lists[0][0])[:1]
+    assert answers() == plain

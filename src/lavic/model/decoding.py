@@ -118,6 +118,27 @@ class CandidateTrie:
     def from_candidates(cls, tokenizer, candidates: Sequence[str]) -> CandidateTrie:
         return cls({c: answer_token_ids(tokenizer, c) for c in dict.fromkeys(candidates)})
 
+    def walk(self, tokens: Sequence[int]) -> _Node | None:
+        """The node ``tokens`` lead to from the root; None where they leave the trie."""
+        node = self.root
+        for token in tokens:
+            node = node.children.get(int(token))
+            if node is None:
+                return None
+        return node
+
+    def allowed(self, prefix: Sequence[int], finished: int) -> list[int]:
+        """The tokens that may follow ``prefix``: the children of its node.
+
+        Once an answer is complete (its EOS taken) ``generate`` still steps the row, feeding
+        it padding: every such prefix gets ``[finished]`` (never an empty list, which
+        ``generate`` refuses), and the row's tokens after its EOS are dropped anyway.
+        """
+        node = self.walk(prefix)
+        if node is None or not node.children:
+            return [finished]
+        return list(node.children)
+
 
 # --------------------------------------------------------------------------------------------
 # Prompt batches
@@ -440,7 +461,125 @@ def rank(scores: dict[str, float]) -> list[str]:
 # --------------------------------------------------------------------------------------------
 
 
+def _greedy_config(tokenizer, max_new_tokens: int, suppress_ids: Sequence[int]):
+    """Plain greedy search: every setting that could change it is given here, so a
+    checkpoint's ``generation_config.json`` (filled in where a setting is None) cannot: its
+    EOS (possibly a list) is replaced by the tokenizer's, the one answers end with."""
+    from transformers import GenerationConfig
+
+    eos = tokenizer.eos_token_id
+    return GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        num_beams=1,
+        eos_token_id=eos,
+        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos,
+        repetition_penalty=1.0,
+        no_repeat_ngram_size=0,
+        min_new_tokens=0,  # takes precedence over a min_length
+        suppress_tokens=[int(t) for t in suppress_ids],
+        begin_suppress_tokens=[],
+        return_dict_in_generate=True,
+        output_logits=True,  # the raw logits: log-probs under the full distribution
+    )
+
+
 def _greedy(
+    model,
+    tokenizer,
+    batch: PromptBatch,
+    max_new_tokens: int,
+    *,
+    suppress_ids: Sequence[int] = (),
+    prefix_allowed_tokens_fn=None,
+) -> tuple[list[list[int]], list[float]]:
+    """Greedy decoding with transformers' ``generate`` from the prompts' embeddings.
+
+    Positions continue each row's own prompt (``generate`` derives them from the left-padded
+    attention mask) and the KV cache is reused between steps. A row stops at EOS.
+
+    Returns:
+        each row's tokens (EOS kept) and their summed log-probabilities under the model's full
+        distribution (before suppression or the trie's restriction).
+    """
+    eos = tokenizer.eos_token_id
+    out = unwrap(model).generate(
+        inputs_embeds=batch.inputs_embeds,
+        attention_mask=batch.attention_mask,
+        generation_config=_greedy_config(tokenizer, max_new_tokens, suppress_ids),
+        prefix_allowed_tokens_fn=prefix_allowed_tokens_fn,
+    )
+    sequences = out.sequences.cpu()  # (B, n): starting from embeddings, the new tokens only
+    step_logps = (
+        torch.stack(out.logits, dim=1)
+        .float()
+        .log_softmax(-1)  # (B, n, V)
+        .gather(-1, out.sequences.unsqueeze(-1))
+        .squeeze(-1)
+        .cpu()
+    )  # (B, n)
+    tokens: list[list[int]] = []
+    logps: list[float] = []
+    for row, row_logps in zip(sequences.tolist(), step_logps.tolist(), strict=True):
+        end = row.index(eos) + 1 if eos in row else len(row)
+        total = 0.0
+        for value in row_logps[:end]:
+            total += value
+        tokens.append(row[:end])
+        logps.append(total)
+    return tokens, logps
+
+
+@torch.no_grad()
+def generate_answers(
+    model, tokenizer, batch: PromptBatch, *, max_new_tokens: int, suppress_ids: Sequence[int]
+) -> list[tuple[str, float]]:
+    """Greedy free decoding of up to ``max_new_tokens`` tokens; ``suppress_ids`` (the item
+    tokens) are never produced.
+
+    Returns:
+        per conversation ``(decoded text with special tokens skipped, its log-probability)``.
+    """
+    tokens, logps = _greedy(model, tokenizer, batch, max_new_tokens, suppress_ids=suppress_ids)
+    return [
+        (tokenizer.decode(t, skip_special_tokens=True), lp)
+        for t, lp in zip(tokens, logps, strict=True)
+    ]
+
+
+@torch.no_grad()
+def constrained_answers(
+    model, tokenizer, batch: PromptBatch, candidates: Sequence[Sequence[str]]
+) -> list[tuple[str, str, float]]:
+    """Greedy decoding restricted to the candidates' answers; always a candidate.
+
+    Returns:
+        per conversation ``(item_id, decoded text, log-probability of its answer)``.
+    """
+    tries = [CandidateTrie.from_candidates(tokenizer, c) for c in candidates]
+    eos = tokenizer.eos_token_id
+
+    def allowed(batch_id: int, generated: torch.Tensor) -> list[int]:
+        # Starting from inputs_embeds, generate passes the generated tokens only.
+        return tries[batch_id].allowed(generated.tolist(), eos)
+
+    depth = max(t.depth for t in tries)
+    tokens, logps = _greedy(model, tokenizer, batch, depth, prefix_allowed_tokens_fn=allowed)
+    results = []
+    for trie, toks, lp in zip(tries, tokens, logps, strict=True):
+        node = trie.walk(toks)
+        if node is None or node.item_id is None:  # cannot happen: the trie only spells answers
+            raise RuntimeError("constrained decoding stopped inside the candidate trie")
+        results.append((node.item_id, tokenizer.decode(toks, skip_special_tokens=True), lp))
+    return results
+
+
+# --------------------------------------------------------------------------------------------
+# The hand-written loop that generate() replaces, kept for one commit to test that they agree
+# --------------------------------------------------------------------------------------------
+
+
+def _greedy_by_hand(
     model, tokenizer, batch: PromptBatch, max_steps: int, choose
 ) -> tuple[list[list[int]], list[float]]:
     """Greedy decoding with the KV cache.
@@ -483,7 +622,7 @@ def _greedy(
 
 
 @torch.no_grad()
-def generate_answers(
+def _generate_answers_by_hand(
     model, tokenizer, batch: PromptBatch, *, max_new_tokens: int, suppress_ids: Sequence[int]
 ) -> list[tuple[str, float]]:
     """Greedy free decoding of up to ``max_new_tokens`` tokens; ``suppress_ids`` (the item
@@ -499,7 +638,7 @@ def generate_answers(
         logits[:, suppress] = float("-inf")
         return logits.argmax(-1)
 
-    tokens, logps = _greedy(model, tokenizer, batch, max_new_tokens, choose)
+    tokens, logps = _greedy_by_hand(model, tokenizer, batch, max_new_tokens, choose)
     return [
         (tokenizer.decode(t, skip_special_tokens=True), lp)
         for t, lp in zip(tokens, logps, strict=True)
@@ -507,7 +646,7 @@ def generate_answers(
 
 
 @torch.no_grad()
-def constrained_answers(
+def _constrained_answers_by_hand(
     model, tokenizer, batch: PromptBatch, candidates: Sequence[Sequence[str]]
 ) -> list[tuple[str, str, float]]:
     """Greedy decoding restricted to the candidates' answers; always a candidate.
@@ -532,7 +671,7 @@ def constrained_answers(
         return torch.tensor(picks, device=logits.device)
 
     depth = max(t.depth for t in tries)
-    tokens, logps = _greedy(model, tokenizer, batch, depth, choose)
+    tokens, logps = _greedy_by_hand(model, tokenizer, batch, depth, choose)
     results = []
     for node, toks, lp in zip(nodes, tokens, logps, strict=True):
         if node.item_id is None:  # cannot happen: every trie path of full depth ends an answer
