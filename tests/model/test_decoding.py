@@ -427,31 +427,6 @@ def test_generate_decoding_parses_its_text(tiny):
     assert decoded.ranking is None
 
 
-def test_generate_path_agrees_with_the_hand_loop(tiny):
-    """transformers' generate (inputs_embeds + prefix_allowed_tokens_fn / suppress_tokens)
-    gives the answers, texts and log-probs of the hand-written KV-cache loop it replaces."""
-    from lavic.model.decoding import _constrained_answers_by_hand, _generate_answers_by_hand
-
-    item_ids = tiny.tokenizer.convert_tokens_to_ids(list(ITEM_TOKENS))
-    rng = random.Random(12)
-    for trial in range(3):
-        model = randomised(tiny, 200 + trial)
-        lists = [random_ids(rng, rng.randint(1, 10)) for _ in range(3)]
-        _, _, batch = make_batch(model, lists, rng, with_images=trial != 1)
-        m, tok = model.model, model.tokenizer
-        got = constrained_answers(m, tok, batch, lists)
-        want = _constrained_answers_by_hand(m, tok, batch, lists)
-        assert [g[:2] for g in got] == [w[:2] for w in want]
-        for g, w in zip(got, want, strict=True):
-            assert g[2] == pytest.approx(w[2], abs=1e-5)
-        for n in (1, 4, 12):
-            got = generate_answers(m, tok, batch, max_new_tokens=n, suppress_ids=item_ids)
-            want = _generate_answers_by_hand(m, tok, batch, max_new_tokens=n, suppress_ids=item_ids)
-            assert [g[0] for g in got] == [w[0] for w in want]
-            for g, w in zip(got, want, strict=True):
-                assert g[1] == pytest.approx(w[1], abs=1e-5)
-
-
 def test_a_checkpoints_generation_config_cannot_change_greedy(tiny):
     """Settings a checkpoint's generation_config.json may carry (a repetition penalty, a
     minimum length, another EOS, suppressed tokens) do not reach the answers."""

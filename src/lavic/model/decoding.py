@@ -11,6 +11,12 @@
   so nothing is copied and the cost stays close to the bare prompt forward. Gives a full
   ranking.
 
+``generate`` and ``constrained`` are transformers' greedy ``generate`` from the prompts'
+embeddings (the item tokens are in them), with the item tokens suppressed, resp. a
+``prefix_allowed_tokens_fn`` walking the candidates' trie; what ``generate`` has no notion of
+stays here: reading a candidate ID out of free text (:func:`parse_answer`) and the answers'
+log-probabilities under the full distribution. ``score`` is ours: ``generate`` ranks nothing.
+
 All three read the same batch: left-padded prompt ids with the items' visual tokens already
 inserted into the embeddings (:func:`prepare_prompts`), so row ``b``'s prompt always ends at
 the last column and its answer's positions continue from its own length.
@@ -569,112 +575,6 @@ def constrained_answers(
     for trie, toks, lp in zip(tries, tokens, logps, strict=True):
         node = trie.walk(toks)
         if node is None or node.item_id is None:  # cannot happen: the trie only spells answers
-            raise RuntimeError("constrained decoding stopped inside the candidate trie")
-        results.append((node.item_id, tokenizer.decode(toks, skip_special_tokens=True), lp))
-    return results
-
-
-# --------------------------------------------------------------------------------------------
-# The hand-written loop that generate() replaces, kept for one commit to test that they agree
-# --------------------------------------------------------------------------------------------
-
-
-def _greedy_by_hand(
-    model, tokenizer, batch: PromptBatch, max_steps: int, choose
-) -> tuple[list[list[int]], list[float]]:
-    """Greedy decoding with the KV cache.
-
-    ``choose(logits (B, V)) -> tokens (B,)`` picks each row's next token. A row stops at
-    EOS. Returns each row's tokens (EOS kept) and their summed log-probabilities under the
-    model's full distribution.
-    """
-    eos = tokenizer.eos_token_id
-    b = batch.size
-    device = batch.input_ids.device
-    logits, cache = _prefill(model, batch)
-    mask = batch.attention_mask
-    out: list[list[int]] = [[] for _ in range(b)]
-    logps = torch.zeros(b, dtype=torch.float64)
-    done = torch.zeros(b, dtype=torch.bool, device=device)
-    embed = unwrap(model).get_input_embeddings()
-    for step in range(max_steps):
-        chosen = choose(logits)  # (B,)
-        chosen = torch.where(done, torch.full_like(chosen, eos), chosen)
-        step_logp = logits.log_softmax(-1).gather(1, chosen.unsqueeze(1)).squeeze(1).cpu()
-        for i in range(b):
-            if not done[i]:
-                out[i].append(int(chosen[i]))
-                logps[i] += float(step_logp[i])
-        done = done | (chosen == eos)
-        if bool(done.all()) or step == max_steps - 1:
-            break
-        mask = torch.cat([mask, torch.ones((b, 1), dtype=mask.dtype, device=device)], dim=1)
-        positions = (batch.lengths + step).unsqueeze(1)  # (B, 1): right after each prompt
-        step_out = model(
-            inputs_embeds=embed(chosen.unsqueeze(1)),
-            attention_mask=mask,
-            position_ids=positions,
-            cache=cache,
-            use_cache=True,
-        )
-        logits, cache = step_out.logits[:, -1].float(), step_out.cache
-    return out, logps.tolist()
-
-
-@torch.no_grad()
-def _generate_answers_by_hand(
-    model, tokenizer, batch: PromptBatch, *, max_new_tokens: int, suppress_ids: Sequence[int]
-) -> list[tuple[str, float]]:
-    """Greedy free decoding of up to ``max_new_tokens`` tokens; ``suppress_ids`` (the item
-    tokens) are never produced.
-
-    Returns:
-        per conversation ``(decoded text with special tokens skipped, its log-probability)``.
-    """
-    suppress = torch.tensor(list(suppress_ids), dtype=torch.long, device=batch.input_ids.device)
-
-    def choose(logits):
-        logits = logits.clone()
-        logits[:, suppress] = float("-inf")
-        return logits.argmax(-1)
-
-    tokens, logps = _greedy_by_hand(model, tokenizer, batch, max_new_tokens, choose)
-    return [
-        (tokenizer.decode(t, skip_special_tokens=True), lp)
-        for t, lp in zip(tokens, logps, strict=True)
-    ]
-
-
-@torch.no_grad()
-def _constrained_answers_by_hand(
-    model, tokenizer, batch: PromptBatch, candidates: Sequence[Sequence[str]]
-) -> list[tuple[str, str, float]]:
-    """Greedy decoding restricted to the candidates' answers; always a candidate.
-
-    Returns:
-        per conversation ``(item_id, decoded text, log-probability of its answer)``.
-    """
-    tries = [CandidateTrie.from_candidates(tokenizer, c) for c in candidates]
-    nodes = [t.root for t in tries]
-    eos = tokenizer.eos_token_id
-
-    def choose(logits):
-        picks = []
-        for i, node in enumerate(nodes):
-            if not node.children:  # finished (reached an answer's end)
-                picks.append(eos)
-                continue
-            allowed = torch.tensor(list(node.children), device=logits.device)
-            token = int(allowed[logits[i, allowed].argmax()])
-            nodes[i] = node.children[token]
-            picks.append(token)
-        return torch.tensor(picks, device=logits.device)
-
-    depth = max(t.depth for t in tries)
-    tokens, logps = _greedy_by_hand(model, tokenizer, batch, depth, choose)
-    results = []
-    for node, toks, lp in zip(nodes, tokens, logps, strict=True):
-        if node.item_id is None:  # cannot happen: every trie path of full depth ends an answer
             raise RuntimeError("constrained decoding stopped inside the candidate trie")
         results.append((node.item_id, tokenizer.decode(toks, skip_special_tokens=True), lp))
     return results
