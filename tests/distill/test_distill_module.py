@@ -17,6 +17,7 @@ from lavic.data.records import DescribedImage
 from lavic.distill import module as dm
 from lavic.distill.train import Args, wrap_with_vision_lora
 from lavic.model.backbone import build_tiny_random, load_backbone, unwrap
+from lavic.model.item_tokens import encode_item_tokens, insert_item_tokens
 from lavic.model.lora import vision_lora_targets
 from lavic.training import sampler as sm
 from lavic.training.module import clean_param_name
@@ -109,8 +110,8 @@ def test_target_nll_matches_the_models_own_loss(wrapped):
     with torch.no_grad():
         nll, count = module.student_nll(batch)
         llava = unwrap(peft_model)
-        items = dm.encode_item_tokens(llava, batch["pixel_values"])
-        embeds = dm.insert_item_tokens(
+        items = encode_item_tokens(llava, batch["pixel_values"])
+        embeds = insert_item_tokens(
             llava.get_input_embeddings()(batch["input_ids"]),
             batch["input_ids"],
             backbone.item_token_ids,
@@ -244,8 +245,8 @@ def _student_logits(backbone, model, batch):
     module = dm.DistillModule(model, backbone.item_token_ids, lr=1.0, weight_decay=0.0).eval()
     llava = unwrap(model)
     with torch.no_grad():
-        items = dm.encode_item_tokens(llava, batch["pixel_values"])
-        embeds = dm.insert_item_tokens(
+        items = encode_item_tokens(llava, batch["pixel_values"])
+        embeds = insert_item_tokens(
             llava.get_input_embeddings()(batch["input_ids"]),
             batch["input_ids"],
             module.item_token_ids,
