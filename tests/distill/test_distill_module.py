@@ -16,9 +16,10 @@ from lavic.constants import IGNORE_INDEX, ITEM_TOKENS, ITEM_TOKENS_TEXT
 from lavic.data.records import DescribedImage
 from lavic.distill import module as dm
 from lavic.distill.train import Args, wrap_with_vision_lora
-from lavic.model.backbone import build_tiny_random, load_backbone, unwrap
+from lavic.model.backbone import load_backbone, unwrap
 from lavic.model.item_tokens import encode_item_tokens, insert_item_tokens
 from lavic.model.lora import vision_lora_targets
+from lavic.model.tiny_random import build_tiny_random
 from lavic.training import sampler as sm
 from lavic.training.module import clean_param_name
 from lora_artefacts import randomise_lora_b

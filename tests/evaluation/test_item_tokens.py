@@ -7,8 +7,8 @@ from PIL import Image
 
 from lavic.data.images import ImageStats, item_image_name, placeholder_image
 from lavic.evaluation.evaluate import encode_items
-from lavic.model.backbone import build_tiny_random
 from lavic.model.item_tokens import make_item_encoder
+from lavic.model.tiny_random import build_tiny_random
 
 
 def test_encode_items_are_the_item_encoders_tokens(tmp_path):

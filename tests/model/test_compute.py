@@ -9,7 +9,6 @@ from PIL import Image
 
 from lavic.constants import IGNORE_INDEX
 from lavic.errors import LavicError
-from lavic.model.backbone import build_tiny_random
 from lavic.model.compute import embed_prompts, student_hidden, target_nll, teacher_hidden
 from lavic.model.inputs import build_batch, encode_target, pad_views
 from lavic.model.item_tokens import (
@@ -18,6 +17,7 @@ from lavic.model.item_tokens import (
     make_item_encoder,
     pixel_views,
 )
+from lavic.model.tiny_random import build_tiny_random
 from lavic.prompts import student_prompt, teacher_prompt
 
 

@@ -9,9 +9,9 @@ from PIL import Image
 
 from lavic.constants import IGNORE_INDEX, ITEM_TOKENS, ITEM_TOKENS_TEXT, NUM_ITEM_TOKENS
 from lavic.errors import LavicError
-from lavic.model.backbone import build_tiny_random
 from lavic.model.inputs import build_batch, encode_prompt, encode_target, pad_views
 from lavic.model.item_tokens import encode_item_tokens, insert_item_tokens, pixel_views
+from lavic.model.tiny_random import build_tiny_random
 from lavic.prompts import build_recommend_prompt
 
 

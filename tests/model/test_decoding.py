@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from lavic.constants import ITEM_TOKENS
-from lavic.model.backbone import build_tiny_random, unwrap
+from lavic.model.backbone import unwrap
 from lavic.model.compute import embed_prompts
 from lavic.model.decoding import (
     CandidateTrie,
@@ -26,6 +26,7 @@ from lavic.model.decoding import (
 )
 from lavic.model.inputs import encode_prompt
 from lavic.model.item_tokens import encode_item_tokens, pixel_views
+from lavic.model.tiny_random import build_tiny_random
 from lavic.prompts import build_recommend_prompt
 
 torch.set_num_threads(1)
