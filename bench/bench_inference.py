@@ -33,8 +33,8 @@ from harness import (  # noqa: E402
 )
 from reference_style import ReferenceCollator, reference_embed, reference_test_step  # noqa: E402
 
-from lavic.evaluation.decoding import decode_batch, prepare_prompts  # noqa: E402
 from lavic.model.backbone import unwrap  # noqa: E402
+from lavic.model.decoding import decode_batch, prepare_prompts  # noqa: E402
 from lavic.model.item_tokens import encode_item_tokens  # noqa: E402
 from lavic.prompts import build_recommend_prompt  # noqa: E402
 
@@ -158,7 +158,7 @@ def _inference_breakdown(w: Workload, repeats: int) -> dict[str, dict[str, float
     # The score decoding's two strategies (where this version of decoding.py has them).
     import inspect
 
-    from lavic.evaluation import decoding
+    from lavic.model import decoding
 
     if "strategy" in inspect.signature(decoding.score_candidates).parameters:
         for strategy in ("tree", "repeat"):

@@ -34,7 +34,8 @@ from transformers.models.llava_next.image_processing_pil_llava_next import (
 )
 
 from lavic.constants import NUM_ITEM_TOKENS
-from lavic.model.backbone import Backbone, _train_tiny_tokenizer, add_item_tokens
+from lavic.model.backbone import Backbone, add_item_tokens
+from lavic.model.tiny_random import _train_tiny_tokenizer
 from lavic.prompts import build_recommend_prompt
 
 # LLaVA-v1.6's anyres grids, in units of the base view's side.

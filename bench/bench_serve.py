@@ -45,8 +45,9 @@ def build_fixture(root: Path) -> tuple[Path, Path, list[dict]]:
     from lavic.artifacts import write_artifact
     from lavic.data.loaders import load_split
     from lavic.data.synthetic import write_catalogue
-    from lavic.model.backbone import build_tiny_random, load_backbone
+    from lavic.model.backbone import load_backbone
     from lavic.model.lora import language_lora_targets, vision_lora_targets
+    from lavic.model.tiny_random import build_tiny_random
     from lavic.serving.index import Args, build_index
 
     def lora(backbone, targets, seed):

@@ -36,11 +36,12 @@ from transformers import (
 )
 
 from lavic.constants import ITEM_TOKENS
-from lavic.evaluation.decoding import decode_batch, prepare_prompts
-from lavic.model.backbone import _train_tiny_tokenizer, add_item_tokens
+from lavic.model.backbone import add_item_tokens
+from lavic.model.decoding import decode_batch, prepare_prompts
 from lavic.model.inputs import build_batch
 from lavic.model.item_tokens import encode_item_tokens, pixel_views
 from lavic.model.lora import language_lora_targets
+from lavic.model.tiny_random import _train_tiny_tokenizer
 from lavic.prompts import build_recommend_prompt
 
 V16_PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]

@@ -27,7 +27,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import gpu_bench  # noqa: E402
 
-from lavic.evaluation.decoding import prepare_prompts, rank, score_candidates  # noqa: E402
+from lavic.model.decoding import prepare_prompts, rank, score_candidates  # noqa: E402
 from lavic.model.item_tokens import encode_item_tokens, pixel_views  # noqa: E402
 from lavic.prompts import build_recommend_prompt  # noqa: E402
 

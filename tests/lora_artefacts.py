@@ -87,8 +87,8 @@ def write_random_lora_artifact(
 
 def write_stage1_artifact(out_dir: Path, *, seed: int = 1) -> Path:
     """A distill artefact of tiny-random whose vision LoRA is not the identity."""
-    from lavic.model.backbone import build_tiny_random
     from lavic.model.lora import vision_lora_targets
+    from lavic.model.tiny_random import build_tiny_random
 
     backbone = build_tiny_random()
     return write_random_lora_artifact(
@@ -106,8 +106,9 @@ def write_stage2_artifact(
 ) -> Path:
     """A tune artefact whose language-model LoRA is random, on top of ``parent`` (a distill
     artefact) or, with no parent, directly on tiny-random."""
-    from lavic.model.backbone import build_tiny_random, load_backbone
+    from lavic.model.backbone import load_backbone
     from lavic.model.lora import language_lora_targets
+    from lavic.model.tiny_random import build_tiny_random
 
     backbone = load_backbone(parent) if parent is not None else build_tiny_random()
     return write_random_lora_artifact(

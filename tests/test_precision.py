@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from lavic import precision as P
-from lavic.model.backbone import build_tiny_random
 from lavic.model.compute import prompt_logits
 from lavic.model.inference import load_model, probe_bf16
+from lavic.model.tiny_random import build_tiny_random
 
 
 @pytest.fixture()

@@ -16,8 +16,10 @@ from lavic.constants import IGNORE_INDEX, ITEM_TOKENS, ITEM_TOKENS_TEXT
 from lavic.data.records import DescribedImage
 from lavic.distill import module as dm
 from lavic.distill.train import Args, wrap_with_vision_lora
-from lavic.model.backbone import build_tiny_random, load_backbone, unwrap
+from lavic.model.backbone import load_backbone, unwrap
+from lavic.model.item_tokens import encode_item_tokens, insert_item_tokens
 from lavic.model.lora import vision_lora_targets
+from lavic.model.tiny_random import build_tiny_random
 from lavic.training import sampler as sm
 from lavic.training.module import clean_param_name
 from lora_artefacts import randomise_lora_b
@@ -109,8 +111,8 @@ def test_target_nll_matches_the_models_own_loss(wrapped):
     with torch.no_grad():
         nll, count = module.student_nll(batch)
         llava = unwrap(peft_model)
-        items = dm.encode_item_tokens(llava, batch["pixel_values"])
-        embeds = dm.insert_item_tokens(
+        items = encode_item_tokens(llava, batch["pixel_values"])
+        embeds = insert_item_tokens(
             llava.get_input_embeddings()(batch["input_ids"]),
             batch["input_ids"],
             backbone.item_token_ids,
@@ -244,8 +246,8 @@ def _student_logits(backbone, model, batch):
     module = dm.DistillModule(model, backbone.item_token_ids, lr=1.0, weight_decay=0.0).eval()
     llava = unwrap(model)
     with torch.no_grad():
-        items = dm.encode_item_tokens(llava, batch["pixel_values"])
-        embeds = dm.insert_item_tokens(
+        items = encode_item_tokens(llava, batch["pixel_values"])
+        embeds = insert_item_tokens(
             llava.get_input_embeddings()(batch["input_ids"]),
             batch["input_ids"],
             module.item_token_ids,

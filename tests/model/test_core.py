@@ -9,9 +9,9 @@ from PIL import Image
 
 from lavic.constants import IGNORE_INDEX, ITEM_TOKENS, ITEM_TOKENS_TEXT, NUM_ITEM_TOKENS
 from lavic.errors import LavicError
-from lavic.model.backbone import build_tiny_random
-from lavic.model.inputs import build_batch
+from lavic.model.inputs import build_batch, encode_prompt, encode_target, pad_views
 from lavic.model.item_tokens import encode_item_tokens, insert_item_tokens, pixel_views
+from lavic.model.tiny_random import build_tiny_random
 from lavic.prompts import build_recommend_prompt
 
 
@@ -143,6 +143,40 @@ def test_long_target_is_cut_and_counted_prompt_too_long_raises(tiny):
     assert (batch.labels[0] != IGNORE_INDEX).sum() == 3
     with pytest.raises(LavicError, match="does not fit"):
         build_batch(tok, [prompt * 5], ["x"], max_length=p_len)
+
+
+def test_rows_given_as_ids_are_batched_as_they_are(tiny):
+    """Encoded rows (the processor's <image> expansion) go through the same builder: no BOS
+    or EOS added, no budget with max_length None, the pad id as asked; same as text rows."""
+    tok = tiny.tokenizer
+    prompts = ["Conversation: a", "Conversation: looking for a red striped mug"]
+    targets = ["blue", "a mug"]
+    text = build_batch(tok, prompts, targets, max_length=128)
+    ids = build_batch(
+        None,
+        [encode_prompt(tok, p) for p in prompts],
+        [encode_target(tok, t) for t in targets],
+        max_length=None,
+        pad_id=tok.pad_token_id,
+    )
+    for field in ("input_ids", "attention_mask", "labels"):
+        assert torch.equal(getattr(ids, field), getattr(text, field)), field
+    assert ids.prompt_lengths == text.prompt_lengths and ids.truncated_targets == 0
+    long = build_batch(None, [[5] * 300], [[6, 7]], max_length=None, pad_id=0)
+    assert long.input_ids.shape == (1, 302) and long.labels[0, -2:].tolist() == [6, 7]
+    padded = build_batch(None, [[5], [5, 5, 5]], [[6], []], max_length=None, pad_id=9)
+    assert (
+        padded.input_ids[0].tolist() == [5, 6, 9]
+        and padded.labels[1].tolist() == [IGNORE_INDEX] * 3
+    )
+
+
+def test_pad_views_zero_pads_each_image_to_the_most_views():
+    a, b = torch.ones(3, 3, 4, 4), torch.full((5, 3, 4, 4), 2.0)
+    stacked = pad_views([a, b])
+    assert stacked.shape == (2, 5, 3, 4, 4) and stacked.dtype == a.dtype
+    assert torch.equal(stacked[0, :3], a) and not stacked[0, 3:].any()
+    assert torch.equal(stacked[1], b)
 
 
 # --------------------------------------------------------------------------- item tokens

@@ -25,8 +25,8 @@ from transformers import (
 from lavic.constants import ITEM_TOKENS, ITEM_TOKENS_TEXT, NUM_ITEM_TOKENS
 from lavic.errors import LavicError
 from lavic.model import tiny
-from lavic.model.backbone import build_tiny_random
 from lavic.model.item_tokens import encode_item_tokens, insert_item_tokens, pixel_views
+from lavic.model.tiny_random import build_tiny_random
 from lavic.pretrain.captions import CaptionSample
 from lavic.pretrain.measure import describe
 

@@ -10,9 +10,9 @@ import torch
 from PIL import Image
 
 from lavic.errors import LavicError
-from lavic.model.backbone import build_tiny_random
 from lavic.model.item_tokens import encode_item_tokens, pixel_views
 from lavic.model.tiny import merge_lm_adapter
+from lavic.model.tiny_random import build_tiny_random
 from lavic.pretrain import instruct as ins
 from lavic.pretrain.captions import CaptionSample
 from lavic.pretrain.vision import ItemTokenConfig, _patch_tokens, warm_start_item_tokens

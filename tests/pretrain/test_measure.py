@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from lavic.data.synthetic import STYLES, plan_catalogue
-from lavic.model.backbone import build_tiny_random
+from lavic.model.tiny_random import build_tiny_random
 from lavic.pretrain.captions import CaptionSample
 from lavic.pretrain.measure import _look_token_mask, look_word_nll
 

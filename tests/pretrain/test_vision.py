@@ -8,8 +8,8 @@ from PIL import Image
 
 from lavic.constants import IGNORE_INDEX, ITEM_TOKENS_TEXT
 from lavic.errors import LavicError
-from lavic.model.backbone import build_tiny_random
 from lavic.model.tiny import vision_state_dict
+from lavic.model.tiny_random import build_tiny_random
 from lavic.pretrain.captions import (
     CaptionSample,
     PromptHead,

@@ -243,7 +243,7 @@ def test_pickled_adapter_is_refused_never_unpickled(tuned, tmp_path, capsys, eva
 
 def test_pickled_checkpoint_dir_is_refused(tmp_path, capsys, tally):
     """A plain checkpoint folder with a pickled ``pytorch_model.bin`` (no safetensors)."""
-    from lavic.model.backbone import build_tiny_random
+    from lavic.model.tiny_random import build_tiny_random
 
     backbone = build_tiny_random()
     folder = tmp_path / "plain"

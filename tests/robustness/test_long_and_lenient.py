@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 from lavic.cli import main
-from lavic.model.backbone import build_tiny_random
+from lavic.model.tiny_random import build_tiny_random
 from lavic.prompts import ANSWER_RESERVE, CUT_MARKER, build_recommend_prompt
 
 from .corpus import CONVERSATION_CASES, ODD_BUT_VALID_TEXT, conversation, line

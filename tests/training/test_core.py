@@ -11,8 +11,8 @@ import torch
 
 from lavic.config import LoRAArgs, TrainerArgs
 from lavic.errors import LavicError
-from lavic.model.backbone import build_tiny_random
 from lavic.model.lora import language_lora_targets, vision_lora_targets
+from lavic.model.tiny_random import build_tiny_random
 from lavic.training.lora import add_lora
 from lavic.training.resume import check_trainable_state, checkpoint_to_resume
 from lavic.training.trainer import (

@@ -10,7 +10,7 @@ import torch
 
 from lavic.constants import IGNORE_INDEX, ITEM_TOKENS
 from lavic.data.records import Conversation
-from lavic.model.backbone import build_tiny_random
+from lavic.model.tiny_random import build_tiny_random
 from lavic.tune.data import (
     RecommendCollator,
     RecommendDataset,

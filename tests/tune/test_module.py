@@ -13,11 +13,12 @@ from torch.utils.data import DataLoader
 from lavic.cache.store import ItemTokenCache, adapter_fingerprint, build_item_token_cache
 from lavic.data.images import ImageStats, item_image_name, load_image
 from lavic.errors import LavicError
-from lavic.model.backbone import build_tiny_random, load_backbone, unwrap
+from lavic.model.backbone import load_backbone, unwrap
 from lavic.model.compute import embed_prompts, target_loss_sums
 from lavic.model.inputs import build_batch
 from lavic.model.item_tokens import encode_item_tokens, pixel_views
 from lavic.model.lora import count_parameters
+from lavic.model.tiny_random import build_tiny_random
 from lavic.prompts import build_recommend_prompt
 from lavic.tune.data import RecommendCollator, RecommendDataset, TuneSample
 from lavic.tune.module import RecommendTuner

@@ -53,6 +53,7 @@ from lavic.data.images import (
 )
 from lavic.errors import LavicError
 from lavic.io import atomic_open, atomic_write_json, safe_join
+from lavic.model.item_tokens import encoder_dtype, make_item_encoder
 
 try:  # POSIX advisory locks; without them (Windows) concurrent writers are not supported
     import fcntl
@@ -74,6 +75,7 @@ MISSING_IMAGE_HASH = "missing"
 UNSAFE_IMAGE_HASH = "unsafe"  # the item id cannot name a file inside the image folder
 UNREADABLE_IMAGE_HASH = "unreadable"  # the file exists but cannot be read (permissions)
 
+# images -> (N, 5, D) tokens: lavic.model.item_tokens.make_item_encoder
 Encoder = Callable[[list[Image.Image]], torch.Tensor]
 
 
@@ -571,38 +573,6 @@ def item_image_paths(
     return out
 
 
-def make_item_encoder(backbone) -> Encoder:
-    """images -> ``(N, 5, D)`` tokens with ``backbone``'s vision tower and projector, no grad."""
-    from lavic.model.backbone import unwrap
-    from lavic.model.item_tokens import encode_item_tokens, pixel_views
-
-    llava = unwrap(backbone.model)
-    core = llava.model
-    device = next(core.vision_tower.parameters()).device
-
-    def encoder(images: list[Image.Image]) -> torch.Tensor:
-        pixels = pixel_views(backbone.image_processor, images).to(device)  # (N, 5, C, H, W)
-        modules = (core.vision_tower, core.multi_modal_projector)
-        modes = [m.training for m in modules]
-        try:
-            for m in modules:
-                m.eval()  # no dropout: an item's tokens are a function of its image
-            with torch.no_grad():
-                return encode_item_tokens(llava, pixels)
-        finally:
-            for m, mode in zip(modules, modes, strict=True):
-                m.train(mode)
-
-    return encoder
-
-
-def encoder_dtype(backbone) -> torch.dtype:
-    """The dtype :func:`make_item_encoder`'s tokens come in (the projector's weights')."""
-    from lavic.model.backbone import unwrap
-
-    return next(unwrap(backbone.model).model.multi_modal_projector.parameters()).dtype
-
-
 def build_item_token_cache(
     backbone,
     item_ids: Sequence[str],
@@ -651,8 +621,6 @@ __all__ = [
     "MISSING_IMAGE_HASH",
     "adapter_fingerprint",
     "build_item_token_cache",
-    "encoder_dtype",
     "image_content_hash",
     "item_image_paths",
-    "make_item_encoder",
 ]

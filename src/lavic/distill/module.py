@@ -23,14 +23,13 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from lavic.constants import IGNORE_INDEX
 from lavic.data.images import ImageStats, placeholder_image, read_image
 from lavic.data.records import DescribedImage
 from lavic.errors import LavicError
 from lavic.model.backbone import unwrap
-from lavic.model.compute import labelled_logits, target_nll
-from lavic.model.inputs import build_batch, encode_prompt, encode_target
-from lavic.model.item_tokens import encode_item_tokens, insert_item_tokens, pixel_views
+from lavic.model.compute import labelled_logits, student_hidden, target_nll, teacher_hidden
+from lavic.model.inputs import build_batch, encode_prompt, encode_target, pad_views
+from lavic.model.item_tokens import pixel_views
 from lavic.prompts import IMAGE_TOKEN, clean_text, student_prompt, teacher_prompt
 from lavic.training.module import LoRAModule, NewBestHook
 
@@ -135,7 +134,7 @@ class TeacherCollator:
         self.image_token = getattr(processor, "image_token", IMAGE_TOKEN)
 
     def __call__(self, items: Sequence[dict[str, Any]]) -> dict[str, Any]:
-        rows, label_rows, views, sizes = [], [], [], []
+        prompts, targets, views, sizes = [], [], [], []
         for it in items:
             sample = it["sample"]
             target = encode_target(self.tokenizer, clean_text(sample.description))
@@ -146,31 +145,17 @@ class TeacherCollator:
                 text=[teacher_prompt(sample.title, self.image_token)],
                 return_tensors="pt",
             )
-            prompt_ids = enc["input_ids"][0].tolist()
-            rows.append(prompt_ids + target[:keep])
-            label_rows.append([IGNORE_INDEX] * len(prompt_ids) + target[:keep])
+            prompts.append(enc["input_ids"][0].tolist())  # <image> expanded
+            targets.append(target[:keep])
             views.append(enc["pixel_values"][0])  # (v, C, H, W)
             sizes.append(enc["image_sizes"][0])
-        width = max(len(r) for r in rows)
-        pad_id = self.tokenizer.pad_token_id
-        if pad_id is None:
-            pad_id = self.tokenizer.eos_token_id
-        input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-        attention = torch.zeros((len(rows), width), dtype=torch.long)
-        labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
-        for i, (r, lab) in enumerate(zip(rows, label_rows, strict=True)):
-            input_ids[i, : len(r)] = torch.tensor(r)
-            attention[i, : len(r)] = 1
-            labels[i, : len(r)] = torch.tensor(lab)
-        most = max(v.shape[0] for v in views)
-        pixel_values = torch.stack(
-            [torch.cat([v, v.new_zeros((most - v.shape[0], *v.shape[1:]))]) for v in views]
-        )  # (B, most, C, H, W)
+        # No budget here: the target was cut to the student's above, the prompt is the image's.
+        tokens = build_batch(self.tokenizer, prompts, targets, max_length=None)
         return {
-            "input_ids": input_ids,
-            "attention_mask": attention,
-            "labels": labels,
-            "pixel_values": pixel_values,
+            "input_ids": tokens.input_ids,
+            "attention_mask": tokens.attention_mask,
+            "labels": tokens.labels,
+            "pixel_values": pad_views(views),  # (B, most views, C, H, W)
             "image_sizes": torch.stack(sizes),  # (B, 2)
             "image_outcomes": [(it["key"], it["outcome"]) for it in items],
             "truncated_targets": 0,
@@ -228,14 +213,7 @@ class DistillModule(LoRAModule):
 
     def student_hidden(self, batch: dict[str, Any]) -> torch.Tensor:
         """``(B, T, D)`` last hidden states of the prompt with the item's 5 visual tokens."""
-        llava = self.llava
-        input_ids = batch["input_ids"]  # (B, T)
-        item = encode_item_tokens(llava, batch["pixel_values"])  # (B, 5, D)
-        embeds = llava.get_input_embeddings()(input_ids)  # (B, T, D)
-        embeds = insert_item_tokens(embeds, input_ids, self.item_token_ids, item)
-        return llava.model(
-            inputs_embeds=embeds, attention_mask=batch["attention_mask"], use_cache=False
-        ).last_hidden_state  # (B, T, D)
+        return student_hidden(self.model, self.item_token_ids, batch)
 
     def student_logits(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """``(N, V)`` logits at the description's positions and the ``(N,)`` labels."""
@@ -247,18 +225,7 @@ class DistillModule(LoRAModule):
 
     def teacher_nll(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """Description NLL given the full image tokens (the caller disables the adapter)."""
-        llava = self.llava
-        try:
-            hidden = llava.model(
-                input_ids=batch["input_ids"],
-                pixel_values=batch["pixel_values"],
-                image_sizes=batch["image_sizes"],
-                attention_mask=batch["attention_mask"],
-                use_cache=False,
-            ).last_hidden_state
-        except ValueError as exc:  # the processor's <image> expansion disagrees with the model
-            raise LavicError(f"teacher (full image tokens) forward failed: {exc}") from None
-        return target_nll(hidden, batch["labels"], llava.lm_head)
+        return target_nll(teacher_hidden(self.model, batch), batch["labels"], self.llava.lm_head)
 
     # -------------------------------------------------------------- bookkeeping
 

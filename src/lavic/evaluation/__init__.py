@@ -1,3 +1,3 @@
-"""Evaluation: pure metric functions (:mod:`.metrics`), decoding of the answer
-(:mod:`.decoding`: generate / constrained / score), the evaluator and ``lavic evaluate``
-(:mod:`.evaluate`), and the comparison table and plot (:mod:`.report`)."""
+"""Evaluation: the evaluator and ``lavic evaluate`` (:mod:`.evaluate`), its result files
+(:mod:`.results`), and the comparison table and plot (:mod:`.report`). Decoding the answer
+(generate / constrained / score) belongs to the model: :mod:`lavic.model.decoding`."""

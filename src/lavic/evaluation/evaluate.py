@@ -36,7 +36,6 @@ from lavic.data.images import ImageStats, item_image_name, placeholder_image, re
 from lavic.data.loaders import item_title, items_without_title, load_item_meta, load_split
 from lavic.data.records import Conversation, ItemMeta, LoadReport
 from lavic.errors import LavicError
-from lavic.evaluation.decoding import DECODINGS, Decoded, decode_batch, prepare_prompts
 from lavic.evaluation.report import format_table, write_plot
 from lavic.evaluation.results import (
     METRICS_FILE,
@@ -59,8 +58,9 @@ from lavic.metrics import (
     validity_at_1,
 )
 from lavic.model.backbone import Backbone, unwrap
+from lavic.model.decoding import DECODINGS, Decoded, decode_batch, prepare_prompts
 from lavic.model.inference import load_model, resolve_model_dir
-from lavic.model.item_tokens import encode_item_tokens, pixel_views
+from lavic.model.item_tokens import make_item_encoder
 from lavic.prompts import build_recommend_prompt
 
 logger = logging.getLogger(__name__)
@@ -191,10 +191,10 @@ def encode_items(
     """Each item's five visual tokens ``(5, D)`` from its ``<item>_0.jpg``, in memory.
 
     An item whose image is missing or unreadable gets the placeholder's tokens (encoded once)
-    and is counted in ``stats``.
+    and is counted in ``stats``. The tokens come from the same encoder as the token cache's
+    (:func:`lavic.model.item_tokens.make_item_encoder`).
     """
-    llava = unwrap(backbone.model)
-    device = next(llava.parameters()).device
+    encode = make_item_encoder(backbone)
     tokens: dict[str, torch.Tensor] = {}
     placeholder: torch.Tensor | None = None
     pending: list[tuple[str, Any]] = []
@@ -202,8 +202,7 @@ def encode_items(
     def flush():
         if not pending:
             return
-        views = pixel_views(backbone.image_processor, [img for _, img in pending])
-        encoded = encode_item_tokens(llava, views.to(device))  # (n, 5, D)
+        encoded = encode([img for _, img in pending])  # (n, 5, D)
         for (item_id, _), t in zip(pending, encoded, strict=True):
             tokens[item_id] = t
         pending.clear()
@@ -217,8 +216,7 @@ def encode_items(
         stats.add(outcome)
         if image is None:
             if placeholder is None:
-                views = pixel_views(backbone.image_processor, [placeholder_image()])
-                placeholder = encode_item_tokens(llava, views.to(device))[0]
+                placeholder = encode([placeholder_image()])[0]
             tokens[item_id] = placeholder
             continue
         pending.append((item_id, image))

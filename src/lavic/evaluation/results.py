@@ -25,8 +25,8 @@ from typing import Any
 import yaml
 
 from lavic.data.records import CANDIDATES_PREFIX, Conversation
-from lavic.evaluation.decoding import Decoded
 from lavic.io import atomic_open, atomic_write_json
+from lavic.model.decoding import Decoded
 
 logger = logging.getLogger(__name__)
 

@@ -1,8 +1,8 @@
-"""Load a LLaVA-NeXT backbone with the five item tokens: a Hub id, a local checkpoint, a LaViC
-artefact directory (its adapters merged onto its recorded base), `tiny` or `tiny-random`.
-
-LLaVA-v1.6 checkpoints are LLaVA-NeXT: they load with ``LlavaNextForConditionalGeneration``
-(the reference used ``LlavaForConditionalGeneration``, which cannot read their anyres layout).
+"""The backbone: a LLaVA-NeXT model with the five item tokens, its tokenizer and processor
+(:class:`Backbone`), the registry of backbones known by name (:data:`BACKBONES`), and
+:func:`load_backbone`: a registered name, any other name through the default family
+(``llava-next``: a Hub id or a local checkpoint), or a LaViC artefact directory (its adapters
+merged onto its recorded base).
 """
 
 from __future__ import annotations
@@ -16,18 +16,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from transformers import (
-    AutoTokenizer,
-    CLIPVisionConfig,
-    LlavaNextConfig,
-    LlavaNextForConditionalGeneration,
-    LlavaNextProcessor,
-    MistralConfig,
-    PreTrainedTokenizerFast,
-)
-from transformers.models.llava_next.image_processing_pil_llava_next import (
-    LlavaNextImageProcessorPil,
-)
+from transformers import AutoTokenizer, LlavaNextForConditionalGeneration, LlavaNextProcessor
 
 from lavic.artifacts import ADAPTER_WEIGHTS, artifact_lineage, read_artifact_info
 from lavic.constants import ITEM_TOKENS, NUM_ITEM_TOKENS
@@ -103,7 +92,8 @@ def add_item_tokens(tokenizer, model) -> list[int]:
     return ids
 
 
-def _set_pad_token(tokenizer) -> None:
+def set_pad_token(tokenizer) -> None:
+    """Give ``tokenizer`` a pad token (its EOS) if it has none."""
     if tokenizer.pad_token is None:
         # A separate pad token is not needed: labels are masked by the attention mask per row,
         # never by the pad id, so an EOS target is never masked.
@@ -111,151 +101,40 @@ def _set_pad_token(tokenizer) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# tiny-random: a from-config LLaVA-NeXT (CLIP + Mistral) with an in-process tokenizer, for tests
-# --------------------------------------------------------------------------------------------
-
-_TINY_CORPUS = (
-    "You are a helpful assistant. Given an Amazon product's title and its image, please provide "
-    "a detailed, visually grounded description. Conversation: Candidates: Assistant: "
-    "<submission> </submission> <comment> </comment> 0123456789 ABCDEFGHIJKLMNOPQRSTUVWXYZ "
-    "abcdefghijklmnopqrstuvwxyz red blue green yellow black white striped dotted plain checked "
-    "mug hoodie lamp bottle bag the a an with and of is for looking recommend product image"
-)
-
-
-def _train_tiny_tokenizer() -> PreTrainedTokenizerFast:
-    """A byte-level BPE trained in-process on a fixed corpus: deterministic, no download."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400,
-        special_tokens=["<unk>", "<s>", "</s>", "<image>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator([_TINY_CORPUS] * 4, trainer=trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        unk_token="<unk>",
-        bos_token="<s>",
-        eos_token="</s>",
-        pad_token="</s>",
-        extra_special_tokens={"image_token": "<image>"},
-    )
-
-
-TINY_RANDOM_IMAGE_SIZE = 32
-TINY_RANDOM_PINPOINTS = [[32, 64], [64, 32], [64, 64]]  # anyres grids of <= 2x2 -> <= 5 views
-
-
-def build_tiny_random(seed: int = 0) -> Backbone:
-    """A randomly initialised LLaVA-NeXT of the real classes, built in a second, for tests."""
-    tokenizer = _train_tiny_tokenizer()
-    image_token_id = tokenizer.convert_tokens_to_ids("<image>")
-    vision = CLIPVisionConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        image_size=TINY_RANDOM_IMAGE_SIZE,
-        patch_size=8,
-        projection_dim=32,
-    )
-    text = MistralConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=4096,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        sliding_window=None,
-    )
-    config = LlavaNextConfig(
-        vision_config=vision,
-        text_config=text,
-        image_token_index=image_token_id,
-        image_grid_pinpoints=TINY_RANDOM_PINPOINTS,
-        vision_feature_layer=-2,
-        vision_feature_select_strategy="default",
-    )
-    torch.manual_seed(seed)
-    model = LlavaNextForConditionalGeneration(config)
-    image_processor = LlavaNextImageProcessorPil(
-        size={"shortest_edge": TINY_RANDOM_IMAGE_SIZE},
-        crop_size={"height": TINY_RANDOM_IMAGE_SIZE, "width": TINY_RANDOM_IMAGE_SIZE},
-        image_grid_pinpoints=TINY_RANDOM_PINPOINTS,
-    )
-    processor = LlavaNextProcessor(
-        image_processor=image_processor,
-        tokenizer=tokenizer,
-        patch_size=8,
-        vision_feature_select_strategy="default",
-        image_token="<image>",
-        # CLIP's [CLS] position: without it the processor expands <image> to one token fewer
-        # than the model's features and the full-image-token path raises.
-        num_additional_image_tokens=1,
-    )
-    add_item_tokens(tokenizer, model)
-    model.eval()
-    return Backbone(model=model, tokenizer=tokenizer, processor=processor, name="tiny-random")
-
-
-# --------------------------------------------------------------------------------------------
 # Loading
 # --------------------------------------------------------------------------------------------
 
 
-def _load_hf(name: str, dtype: torch.dtype | None) -> Backbone:
-    kwargs: dict[str, Any] = {}
-    if dtype is not None:
-        kwargs["dtype"] = dtype
-    try:
-        processor = LlavaNextProcessor.from_pretrained(name)
-        model = LlavaNextForConditionalGeneration.from_pretrained(
-            name, use_safetensors=True, **kwargs
-        )
-    except (OSError, ValueError) as exc:  # ValueError: HFValidationError for a bad local path
-        raise LavicError(
-            f"cannot load LLaVA-NeXT checkpoint {name!r}: {exc}".splitlines()[0]
-            + " (give a local directory, a Hub id reachable online, `tiny` or `tiny-random`)"
-        ) from None
-    tokenizer = processor.tokenizer
-    _set_pad_token(tokenizer)
-    add_item_tokens(tokenizer, model)
-    return Backbone(model=model, tokenizer=tokenizer, processor=processor, name=name)
+# The backbones known by name: name -> loader(name, dtype). Each family registers itself from
+# its own module, which `lavic.model` imports (so the names are known wherever any part of
+# `lavic.model` is): `llava-next` (llava_next.py, the default: any name nobody registered is a
+# Hub id or a local checkpoint folder it loads), `tiny-random` (tiny_random.py), `tiny`
+# (tiny.py). `load_backbone` only looks the name up.
+BackboneLoader = Callable[[str, torch.dtype | None], Backbone]
+BACKBONES: dict[str, BackboneLoader] = {}
+_DEFAULT: list[str] = []  # the name whose loader takes every unregistered name
 
 
-# The backbones known by name: name -> loader(dtype). Any other name is a LLaVA-NeXT
-# checkpoint (a Hub id or a local folder, `_load_hf`). A new family plugs in by registering
-# its loader from its own module, imported by `lavic.model` (as `lavic.model.tiny` does).
-BACKBONES: dict[str, Callable[[torch.dtype | None], Backbone]] = {}
+def register_backbone(name: str, loader: BackboneLoader, *, default: bool = False) -> None:
+    """Make ``load_backbone(name)`` (and artefacts whose base model is ``name``) use ``loader``.
 
-
-def register_backbone(name: str, loader: Callable[[torch.dtype | None], Backbone]) -> None:
-    """Make ``load_backbone(name)`` (and artefacts whose base model is ``name``) use ``loader``."""
+    Args:
+        name: what ``--model_name`` / ``--model_dir`` / an artefact's ``base_model`` says.
+        loader: ``(name, dtype) -> Backbone``; ``dtype`` None keeps the checkpoint's.
+        default: also load every name that no one registered (a Hub id, a folder) with it.
+    """
     BACKBONES[name] = loader
-
-
-def _tiny_random(dtype: torch.dtype | None) -> Backbone:
-    backbone = build_tiny_random()
-    if dtype is not None:
-        backbone.model.to(dtype)
-    return backbone
-
-
-register_backbone("tiny-random", _tiny_random)
+    if default:
+        _DEFAULT[:] = [name]
 
 
 def _load_base(name: str, dtype: torch.dtype | None) -> Backbone:
-    loader = BACKBONES.get(name)
-    return loader(dtype) if loader is not None else _load_hf(name, dtype)
+    loader = BACKBONES.get(name) or (BACKBONES[_DEFAULT[0]] if _DEFAULT else None)
+    if loader is None:
+        raise LavicError(f"no backbone is registered as {name!r} and there is no default")
+    backbone = loader(name, dtype)
+    backbone.name = backbone.base_model = name  # what artefacts record as their base
+    return backbone
 
 
 def load_backbone(
@@ -269,8 +148,8 @@ def load_backbone(
     ``PeftModel`` for further training.
 
     Args:
-        name_or_dir: ``tiny``, ``tiny-random``, a Hub id, a local LLaVA-NeXT checkpoint or a
-            LaViC artefact directory.
+        name_or_dir: a registered name (``tiny``, ``tiny-random``, ...), a Hub id or a local
+            LLaVA-NeXT checkpoint (the default family), or a LaViC artefact directory.
         dtype: weights dtype (``None`` keeps the checkpoint's).
         merge: merge adapters into the base weights.
     """
@@ -340,11 +219,13 @@ def load_tokenizer_from(directory: str | Path):
 
 
 __all__ = [
+    "BACKBONES",
     "Backbone",
     "NUM_ITEM_TOKENS",
     "add_item_tokens",
-    "build_tiny_random",
     "load_backbone",
     "load_tokenizer_from",
+    "register_backbone",
+    "set_pad_token",
     "unwrap",
 ]

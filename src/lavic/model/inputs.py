@@ -32,13 +32,17 @@ def encode_target(tokenizer, target: str) -> list[int]:
 
 def build_batch(
     tokenizer,
-    prompts: Sequence[str],
-    targets: Sequence[str] | None = None,
+    prompts: Sequence[str | Sequence[int]],
+    targets: Sequence[str | Sequence[int]] | None = None,
     *,
-    max_length: int,
+    max_length: int | None,
     padding_side: str = "right",
+    pad_id: int | None = None,
 ) -> TokenBatch:
     """Tokenize prompt (+ target) per row and pad; labels only on each row's own target.
+
+    The one padded-batch builder: stage 1's student and teacher, stage 2, decoding's prompts
+    and the stand-in's pretraining all batch through it.
 
     Each row's prompt length is measured on that row (the reference used the padded width
     of the whole batch, wrong for every row but the longest), and padding is found from the
@@ -46,26 +50,40 @@ def build_batch(
 
     A target that does not fit is cut from its end and counted; a prompt that alone does not
     fit raises (prompts are budgeted upstream by cutting the conversation, never a candidate).
+
+    Args:
+        tokenizer: encodes the text rows (:func:`encode_prompt`, :func:`encode_target`) and
+            gives the pad id (its pad token, else EOS); may be None when every row is given
+            as token ids and ``pad_id`` is given.
+        prompts, targets: text, or token ids used as they are (no BOS or EOS added): rows
+            another tool encoded, e.g. the processor's expansion of ``<image>``.
+        max_length: the token budget of a row; None: no budget (nothing cut or refused).
+        padding_side: ``right`` (training) or ``left`` (prompts to continue).
+        pad_id: the id written on padding (default: the tokenizer's, see above).
     """
     rows: list[list[int]] = []
     label_rows: list[list[int]] = []
     prompt_lengths: list[int] = []
     truncated = 0
     for i, prompt in enumerate(prompts):
-        p = encode_prompt(tokenizer, prompt)
-        if len(p) >= max_length + (targets is None):
+        p = encode_prompt(tokenizer, prompt) if isinstance(prompt, str) else list(prompt)
+        if max_length is not None and len(p) >= max_length + (targets is None):
             raise LavicError(f"prompt of {len(p)} tokens does not fit max_length={max_length}")
-        t = encode_target(tokenizer, targets[i]) if targets is not None else []
-        if len(p) + len(t) > max_length:
+        t: list[int] = []
+        if targets is not None:
+            target = targets[i]
+            t = encode_target(tokenizer, target) if isinstance(target, str) else list(target)
+        if max_length is not None and len(p) + len(t) > max_length:
             t = t[: max_length - len(p)]
             truncated += 1
         rows.append(p + t)
         label_rows.append([IGNORE_INDEX] * len(p) + t)
         prompt_lengths.append(len(p))
     width = max(len(r) for r in rows)
-    pad_id = (
-        tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    )
+    if pad_id is None:
+        pad_id = (
+            tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        )
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     attention = torch.zeros((len(rows), width), dtype=torch.long)
     labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
@@ -80,4 +98,14 @@ def build_batch(
         labels=labels if targets is not None else None,
         prompt_lengths=prompt_lengths,
         truncated_targets=truncated,
+    )
+
+
+def pad_views(views: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Per-image anyres pixel views ``(v_i, C, H, W)`` stacked as ``(B, max v_i, C, H, W)``,
+    each image's own views first, then zero views (the teacher path: ``image_sizes`` tells
+    the model how many of an image's views are real)."""
+    most = max(v.shape[0] for v in views)
+    return torch.stack(
+        [torch.cat([v, v.new_zeros((most - v.shape[0], *v.shape[1:]))]) for v in views]
     )

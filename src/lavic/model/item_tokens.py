@@ -5,13 +5,14 @@ Shapes: N items, V = 5 views, C x H x W pixels, Dv vision width, D language-mode
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from PIL import Image
 
 from lavic.constants import NUM_ITEM_TOKENS
 from lavic.errors import LavicError
+from lavic.model.backbone import unwrap
 
 
 def pixel_views(image_processor, images: Sequence[Image.Image]) -> torch.Tensor:
@@ -55,6 +56,36 @@ def encode_item_tokens(llava, pixel_values: torch.Tensor) -> torch.Tensor:
     flat = pixel_values.reshape(n * v, *pixel_values.shape[2:]).to(dtype)  # (N*5, C, H, W)
     cls = tower(flat).last_hidden_state[:, 0]  # (N*5, Dv)
     return core.multi_modal_projector(cls).reshape(n, v, -1)  # (N, 5, D)
+
+
+def make_item_encoder(backbone) -> Callable[[list[Image.Image]], torch.Tensor]:
+    """The item encoder: images -> ``(N, 5, D)`` tokens with ``backbone``'s vision tower and
+    projector, without gradients and without dropout (an item's tokens are a function of its
+    image). The one way items are encoded: the token cache and the evaluator's in-memory
+    tokens both call it."""
+    llava = unwrap(backbone.model)
+    core = llava.model
+    device = next(core.vision_tower.parameters()).device
+
+    def encoder(images: list[Image.Image]) -> torch.Tensor:
+        pixels = pixel_views(backbone.image_processor, images).to(device)  # (N, 5, C, H, W)
+        modules = (core.vision_tower, core.multi_modal_projector)
+        modes = [m.training for m in modules]
+        try:
+            for m in modules:
+                m.eval()
+            with torch.no_grad():
+                return encode_item_tokens(llava, pixels)
+        finally:
+            for m, mode in zip(modules, modes, strict=True):
+                m.train(mode)
+
+    return encoder
+
+
+def encoder_dtype(backbone) -> torch.dtype:
+    """The dtype :func:`make_item_encoder`'s tokens come in (the projector's weights')."""
+    return next(unwrap(backbone.model).model.multi_modal_projector.parameters()).dtype
 
 
 def insert_item_tokens(

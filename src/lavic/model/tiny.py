@@ -517,4 +517,4 @@ def load_tiny(
     return backbone
 
 
-register_backbone("tiny", lambda dtype: load_tiny(dtype=dtype))
+register_backbone("tiny", lambda name, dtype: load_tiny(dtype=dtype))

@@ -12,9 +12,10 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from lavic.constants import IGNORE_INDEX
 from lavic.errors import LavicError
-from lavic.model.backbone import Backbone
+from lavic.model.backbone import Backbone, unwrap
+from lavic.model.compute import target_nll, teacher_hidden
+from lavic.model.inputs import build_batch, encode_target, pad_views
 from lavic.prompts import clean_text, teacher_prompt
 
 log = logging.getLogger(__name__)
@@ -42,8 +43,8 @@ class CaptionSample:
 
 @dataclass
 class _Encoded:
-    input_ids: list[int]  # the prompt after the shared head, <image> expanded, + target + EOS
-    labels: list[int]
+    prompt_ids: list[int]  # the prompt after the shared head, <image> expanded
+    target_ids: list[int]  # the description + EOS
     pixel_values: torch.Tensor  # (v, C, s, s), v = 3..5 views
     image_size: tuple[int, int]
 
@@ -89,40 +90,32 @@ def _encode(backbone: Backbone, head: PromptHead, sample: CaptionSample, image: 
     enc = backbone.processor(
         images=[image], text=[tail], return_tensors="pt", add_special_tokens=False
     )
-    prompt = enc["input_ids"][0].tolist()
-    target = backbone.tokenizer(sample.description, add_special_tokens=False)["input_ids"]
-    target = target + [backbone.tokenizer.eos_token_id]
     h, w = (int(x) for x in enc["image_sizes"][0])
     return _Encoded(
-        input_ids=prompt + target,
-        labels=[IGNORE_INDEX] * len(prompt) + target,
+        prompt_ids=enc["input_ids"][0].tolist(),
+        target_ids=encode_target(tok, sample.description),
         pixel_values=enc["pixel_values"][0],
         image_size=(h, w),
     )
 
 
 def _collate(rows: Sequence[_Encoded], pad_id: int, head_len: int) -> dict[str, torch.Tensor]:
-    width = max(len(r.input_ids) for r in rows)
-    views = max(r.pixel_values.shape[0] for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
-    # The attention mask covers the cached head too: (B, head + T).
-    attention = torch.zeros((len(rows), head_len + width), dtype=torch.long)
-    attention[:, :head_len] = 1
-    pixels = torch.zeros((len(rows), views, *rows[0].pixel_values.shape[1:]))
-    for i, r in enumerate(rows):
-        n = len(r.input_ids)
-        ids[i, :n] = torch.tensor(r.input_ids)
-        labels[i, :n] = torch.tensor(r.labels)
-        attention[i, head_len : head_len + n] = 1
-        pixels[i, : r.pixel_values.shape[0]] = r.pixel_values.float()
-    sizes = torch.tensor([r.image_size for r in rows], dtype=torch.long)
+    """Right-padded teacher-path batch of ``rows`` (after a cached head of ``head_len``
+    tokens: the attention mask covers it too, ``(B, head + T)``)."""
+    tokens = build_batch(
+        None,
+        [r.prompt_ids for r in rows],
+        [r.target_ids for r in rows],
+        max_length=None,
+        pad_id=pad_id,
+    )
+    head = torch.ones((len(rows), head_len), dtype=tokens.attention_mask.dtype)
     return {
-        "input_ids": ids,
-        "labels": labels,
-        "attention_mask": attention,
-        "pixel_values": pixels,
-        "image_sizes": sizes,
+        "input_ids": tokens.input_ids,
+        "labels": tokens.labels,
+        "attention_mask": torch.cat([head, tokens.attention_mask], dim=1),
+        "pixel_values": pad_views([r.pixel_values for r in rows]).float(),
+        "image_sizes": torch.tensor([r.image_size for r in rows], dtype=torch.long),
     }
 
 
@@ -130,8 +123,8 @@ def with_head(row: _Encoded, head: PromptHead) -> _Encoded:
     """``row`` with the shared head's ids in front: for a language model that trains (its
     LoRA changes the head's keys/values, so they cannot be cached); collate with head_len 0."""
     return _Encoded(
-        input_ids=head.ids + row.input_ids,
-        labels=[IGNORE_INDEX] * len(head.ids) + row.labels,
+        prompt_ids=head.ids + row.prompt_ids,
+        target_ids=row.target_ids,
         pixel_values=row.pixel_values,
         image_size=row.image_size,
     )
@@ -147,21 +140,10 @@ def caption_nll(
     (the vocabulary projection is a fifth of the model's FLOPs per position).
     """
     llava = backbone.model
-    ids = batch["input_ids"]
-    out = llava.model(
-        input_ids=ids,
-        attention_mask=batch["attention_mask"],
-        pixel_values=batch["pixel_values"],
-        image_sizes=batch["image_sizes"],
-        cache=head.expand(ids.shape[0]) if head is not None else None,
-        use_cache=False,
-    )
-    hidden = out.last_hidden_state  # (B, T, D)
-    labels = batch["labels"]
-    mask = labels[:, 1:] != IGNORE_INDEX  # position t predicts token t + 1
-    logits = llava.lm_head(hidden[:, :-1][mask])  # (K, V)
-    nll = torch.nn.functional.cross_entropy(logits.float(), labels[:, 1:][mask], reduction="sum")
-    return nll, int(mask.sum())
+    prefix = head.expand(batch["input_ids"].shape[0]) if head is not None else None
+    hidden = teacher_hidden(llava, batch, prefix_cache=prefix)  # (B, T, D)
+    nll, count = target_nll(hidden, batch["labels"], unwrap(llava).lm_head)
+    return nll, int(count)
 
 
 # --------------------------------------------------------------------------------------------

@@ -262,7 +262,7 @@ def selection_accuracy(
     max_length: int = MAX_LENGTH,
 ) -> float:
     """Recall@1 by scoring every candidate's answer (the evaluator's default decoding)."""
-    from lavic.evaluation.decoding import prepare_prompts, score_candidates
+    from lavic.model.decoding import prepare_prompts, score_candidates
 
     was_training = model.training
     model.eval()

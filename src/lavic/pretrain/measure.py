@@ -16,7 +16,8 @@ from PIL import Image
 
 from lavic.constants import IGNORE_INDEX, ITEM_TOKENS
 from lavic.errors import LavicError
-from lavic.model.backbone import Backbone
+from lavic.model.backbone import Backbone, unwrap
+from lavic.model.compute import student_hidden, target_nll, teacher_hidden
 from lavic.pretrain.captions import (
     CaptionSample,
     PromptHead,
@@ -141,13 +142,13 @@ def text_selection_accuracy(
     """Zero-shot accuracy of the language model picking the asked-for candidate from text.
 
     Each candidate line carries its teacher description in words. Answers come from the
-    evaluator's own decoding (:mod:`lavic.evaluation.decoding`): ``generate`` (greedy, the
+    evaluator's own decoding (:mod:`lavic.model.decoding`): ``generate`` (greedy, the
     answer parsed for a candidate ID) and ``score`` (the candidate whose ID + EOS is most
     likely). Only conversations whose answer is among the candidates count (the synthetic
     test split drops some answers on purpose); they are taken round-robin over categories.
     """
     from lavic.data.loaders import find_splits, item_title, load_item_meta, load_split
-    from lavic.evaluation.decoding import decode_batch, prepare_prompts
+    from lavic.model.decoding import decode_batch, prepare_prompts
 
     root = Path(catalogue)
     meta = load_item_meta(root / "item2meta_train.json")
@@ -243,7 +244,6 @@ def look_word_nll(
     """
     from lavic.data.synthetic import STYLES
     from lavic.distill.module import StudentCollator, TeacherCollator
-    from lavic.model.item_tokens import encode_item_tokens, insert_item_tokens
 
     st = STYLES[style]
     words = frozenset(c.word for c in st.colours) | frozenset(
@@ -270,26 +270,14 @@ def look_word_nll(
             ]
         )
         if path == "student":
-            item = encode_item_tokens(llava, batch["pixel_values"])  # (B, 5, D)
-            embeds = llava.get_input_embeddings()(batch["input_ids"])
-            embeds = insert_item_tokens(embeds, batch["input_ids"], item_ids, item)
-            hidden = llava.model.language_model(
-                inputs_embeds=embeds, attention_mask=batch["attention_mask"]
-            ).last_hidden_state
+            hidden = student_hidden(llava, item_ids, batch)
         else:
-            hidden = llava.model(
-                input_ids=batch["input_ids"],
-                pixel_values=batch["pixel_values"],
-                image_sizes=batch["image_sizes"],
-                attention_mask=batch["attention_mask"],
-            ).last_hidden_state
-        labels = batch["labels"][:, 1:]
-        for row, s in enumerate(chunk):
-            keep = labels[row] != IGNORE_INDEX
-            logits = llava.lm_head(hidden[row, :-1][keep]).float()
-            nll = torch.nn.functional.cross_entropy(logits, labels[row][keep], reduction="none")
-            flags = _look_token_mask(tok, s.description, words)[: len(nll)]
-            for value, is_look in zip(nll.tolist(), flags, strict=True):
+            hidden = teacher_hidden(llava, batch)
+        nll, _ = target_nll(hidden, batch["labels"], unwrap(llava).lm_head, reduction="none")
+        per_row = (batch["labels"][:, 1:] != IGNORE_INDEX).sum(1).tolist()  # reading order
+        for s, row_nll in zip(chunk, nll.split(per_row), strict=True):
+            flags = _look_token_mask(tok, s.description, words)[: len(row_nll)]
+            for value, is_look in zip(row_nll.tolist(), flags, strict=True):
                 key = "look" if is_look else "other"
                 sums[key] += value
                 counts[key] += 1

@@ -357,7 +357,7 @@ class Recommender:
 
     def _score(self, prompts) -> list[dict[str, float]]:
         """Per prompt, ``{item_id: log P(ID + EOS | prompt)}`` (one batched forward)."""
-        from lavic.evaluation.decoding import prepare_prompts, score_candidates
+        from lavic.model.decoding import prepare_prompts, score_candidates
 
         model, tokenizer = self.backbone.model, self.backbone.tokenizer
         embeds = [
@@ -374,7 +374,7 @@ class Recommender:
     def _result(
         self, prompt, scores: dict[str, float], retrieved: list[tuple[str, float]] | None
     ) -> Recommendation:
-        from lavic.evaluation.decoding import rank
+        from lavic.model.decoding import rank
 
         ranking = rank(scores)
         probs = dict(zip(ranking, _softmax([scores[c] for c in ranking]), strict=True))

@@ -11,6 +11,12 @@
   so nothing is copied and the cost stays close to the bare prompt forward. Gives a full
   ranking.
 
+``generate`` and ``constrained`` are transformers' greedy ``generate`` from the prompts'
+embeddings (the item tokens are in them), with the item tokens suppressed, resp. a
+``prefix_allowed_tokens_fn`` walking the candidates' trie; what ``generate`` has no notion of
+stays here: reading a candidate ID out of free text (:func:`parse_answer`) and the answers'
+log-probabilities under the full distribution. ``score`` is ours: ``generate`` ranks nothing.
+
 All three read the same batch: left-padded prompt ids with the items' visual tokens already
 inserted into the embeddings (:func:`prepare_prompts`), so row ``b``'s prompt always ends at
 the last column and its answer's positions continue from its own length.
@@ -117,6 +123,27 @@ class CandidateTrie:
     @classmethod
     def from_candidates(cls, tokenizer, candidates: Sequence[str]) -> CandidateTrie:
         return cls({c: answer_token_ids(tokenizer, c) for c in dict.fromkeys(candidates)})
+
+    def walk(self, tokens: Sequence[int]) -> _Node | None:
+        """The node ``tokens`` lead to from the root; None where they leave the trie."""
+        node = self.root
+        for token in tokens:
+            node = node.children.get(int(token))
+            if node is None:
+                return None
+        return node
+
+    def allowed(self, prefix: Sequence[int], finished: int) -> list[int]:
+        """The tokens that may follow ``prefix``: the children of its node.
+
+        Once an answer is complete (its EOS taken) ``generate`` still steps the row, feeding
+        it padding: every such prefix gets ``[finished]`` (never an empty list, which
+        ``generate`` refuses), and the row's tokens after its EOS are dropped anyway.
+        """
+        node = self.walk(prefix)
+        if node is None or not node.children:
+            return [finished]
+        return list(node.children)
 
 
 # --------------------------------------------------------------------------------------------
@@ -440,46 +467,73 @@ def rank(scores: dict[str, float]) -> list[str]:
 # --------------------------------------------------------------------------------------------
 
 
-def _greedy(
-    model, tokenizer, batch: PromptBatch, max_steps: int, choose
-) -> tuple[list[list[int]], list[float]]:
-    """Greedy decoding with the KV cache.
+def _greedy_config(tokenizer, max_new_tokens: int, suppress_ids: Sequence[int]):
+    """Plain greedy search: every setting that could change it is given here, so a
+    checkpoint's ``generation_config.json`` (filled in where a setting is None) cannot: its
+    EOS (possibly a list) is replaced by the tokenizer's, the one answers end with."""
+    from transformers import GenerationConfig
 
-    ``choose(logits (B, V)) -> tokens (B,)`` picks each row's next token. A row stops at
-    EOS. Returns each row's tokens (EOS kept) and their summed log-probabilities under the
-    model's full distribution.
+    eos = tokenizer.eos_token_id
+    return GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        num_beams=1,
+        eos_token_id=eos,
+        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos,
+        repetition_penalty=1.0,
+        no_repeat_ngram_size=0,
+        min_new_tokens=0,  # takes precedence over a min_length
+        suppress_tokens=[int(t) for t in suppress_ids],
+        begin_suppress_tokens=[],
+        return_dict_in_generate=True,
+        output_logits=True,  # the raw logits: log-probs under the full distribution
+    )
+
+
+def _greedy(
+    model,
+    tokenizer,
+    batch: PromptBatch,
+    max_new_tokens: int,
+    *,
+    suppress_ids: Sequence[int] = (),
+    prefix_allowed_tokens_fn=None,
+) -> tuple[list[list[int]], list[float]]:
+    """Greedy decoding with transformers' ``generate`` from the prompts' embeddings.
+
+    Positions continue each row's own prompt (``generate`` derives them from the left-padded
+    attention mask) and the KV cache is reused between steps. A row stops at EOS.
+
+    Returns:
+        each row's tokens (EOS kept) and their summed log-probabilities under the model's full
+        distribution (before suppression or the trie's restriction).
     """
     eos = tokenizer.eos_token_id
-    b = batch.size
-    device = batch.input_ids.device
-    logits, cache = _prefill(model, batch)
-    mask = batch.attention_mask
-    out: list[list[int]] = [[] for _ in range(b)]
-    logps = torch.zeros(b, dtype=torch.float64)
-    done = torch.zeros(b, dtype=torch.bool, device=device)
-    embed = unwrap(model).get_input_embeddings()
-    for step in range(max_steps):
-        chosen = choose(logits)  # (B,)
-        chosen = torch.where(done, torch.full_like(chosen, eos), chosen)
-        step_logp = logits.log_softmax(-1).gather(1, chosen.unsqueeze(1)).squeeze(1).cpu()
-        for i in range(b):
-            if not done[i]:
-                out[i].append(int(chosen[i]))
-                logps[i] += float(step_logp[i])
-        done = done | (chosen == eos)
-        if bool(done.all()) or step == max_steps - 1:
-            break
-        mask = torch.cat([mask, torch.ones((b, 1), dtype=mask.dtype, device=device)], dim=1)
-        positions = (batch.lengths + step).unsqueeze(1)  # (B, 1): right after each prompt
-        step_out = model(
-            inputs_embeds=embed(chosen.unsqueeze(1)),
-            attention_mask=mask,
-            position_ids=positions,
-            cache=cache,
-            use_cache=True,
-        )
-        logits, cache = step_out.logits[:, -1].float(), step_out.cache
-    return out, logps.tolist()
+    out = unwrap(model).generate(
+        inputs_embeds=batch.inputs_embeds,
+        attention_mask=batch.attention_mask,
+        generation_config=_greedy_config(tokenizer, max_new_tokens, suppress_ids),
+        prefix_allowed_tokens_fn=prefix_allowed_tokens_fn,
+    )
+    sequences = out.sequences.cpu()  # (B, n): starting from embeddings, the new tokens only
+    step_logps = (
+        torch.stack(out.logits, dim=1)
+        .float()
+        .log_softmax(-1)  # (B, n, V)
+        .gather(-1, out.sequences.unsqueeze(-1))
+        .squeeze(-1)
+        .cpu()
+    )  # (B, n)
+    tokens: list[list[int]] = []
+    logps: list[float] = []
+    for row, row_logps in zip(sequences.tolist(), step_logps.tolist(), strict=True):
+        end = row.index(eos) + 1 if eos in row else len(row)
+        total = 0.0
+        for value in row_logps[:end]:
+            total += value
+        tokens.append(row[:end])
+        logps.append(total)
+    return tokens, logps
 
 
 @torch.no_grad()
@@ -492,14 +546,7 @@ def generate_answers(
     Returns:
         per conversation ``(decoded text with special tokens skipped, its log-probability)``.
     """
-    suppress = torch.tensor(list(suppress_ids), dtype=torch.long, device=batch.input_ids.device)
-
-    def choose(logits):
-        logits = logits.clone()
-        logits[:, suppress] = float("-inf")
-        return logits.argmax(-1)
-
-    tokens, logps = _greedy(model, tokenizer, batch, max_new_tokens, choose)
+    tokens, logps = _greedy(model, tokenizer, batch, max_new_tokens, suppress_ids=suppress_ids)
     return [
         (tokenizer.decode(t, skip_special_tokens=True), lp)
         for t, lp in zip(tokens, logps, strict=True)
@@ -516,26 +563,18 @@ def constrained_answers(
         per conversation ``(item_id, decoded text, log-probability of its answer)``.
     """
     tries = [CandidateTrie.from_candidates(tokenizer, c) for c in candidates]
-    nodes = [t.root for t in tries]
     eos = tokenizer.eos_token_id
 
-    def choose(logits):
-        picks = []
-        for i, node in enumerate(nodes):
-            if not node.children:  # finished (reached an answer's end)
-                picks.append(eos)
-                continue
-            allowed = torch.tensor(list(node.children), device=logits.device)
-            token = int(allowed[logits[i, allowed].argmax()])
-            nodes[i] = node.children[token]
-            picks.append(token)
-        return torch.tensor(picks, device=logits.device)
+    def allowed(batch_id: int, generated: torch.Tensor) -> list[int]:
+        # Starting from inputs_embeds, generate passes the generated tokens only.
+        return tries[batch_id].allowed(generated.tolist(), eos)
 
     depth = max(t.depth for t in tries)
-    tokens, logps = _greedy(model, tokenizer, batch, depth, choose)
+    tokens, logps = _greedy(model, tokenizer, batch, depth, prefix_allowed_tokens_fn=allowed)
     results = []
-    for node, toks, lp in zip(nodes, tokens, logps, strict=True):
-        if node.item_id is None:  # cannot happen: every trie path of full depth ends an answer
+    for trie, toks, lp in zip(tries, tokens, logps, strict=True):
+        node = trie.walk(toks)
+        if node is None or node.item_id is None:  # cannot happen: the trie only spells answers
             raise RuntimeError("constrained decoding stopped inside the candidate trie")
         results.append((node.item_id, tokenizer.decode(toks, skip_special_tokens=True), lp))
     return results

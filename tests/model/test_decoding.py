@@ -11,7 +11,9 @@ import torch
 from PIL import Image
 
 from lavic.constants import ITEM_TOKENS
-from lavic.evaluation.decoding import (
+from lavic.model.backbone import unwrap
+from lavic.model.compute import embed_prompts
+from lavic.model.decoding import (
     CandidateTrie,
     answer_token_ids,
     constrained_answers,
@@ -22,10 +24,9 @@ from lavic.evaluation.decoding import (
     rank,
     score_candidates,
 )
-from lavic.model.backbone import build_tiny_random, unwrap
-from lavic.model.compute import embed_prompts
 from lavic.model.inputs import encode_prompt
 from lavic.model.item_tokens import encode_item_tokens, pixel_views
+from lavic.model.tiny_random import build_tiny_random
 from lavic.prompts import build_recommend_prompt
 
 torch.set_num_threads(1)
@@ -148,6 +149,18 @@ def test_trie_paths_are_exactly_the_candidate_answers(tiny):
         assert trie.depth == max(len(v) for v in got.values())
 
 
+def test_trie_allowed_is_what_generate_may_take_next():
+    """``allowed(prefix)``: the children of the prefix's node; once an answer is complete
+    (and ``generate`` keeps feeding the finished row padding) only the finishing token."""
+    trie = CandidateTrie({"A": [5, 2], "AB": [5, 6, 2], "C": [7, 2]})  # 2 = EOS
+    assert trie.allowed([], 2) == [5, 7]
+    assert trie.allowed([5], 2) == [2, 6]
+    assert trie.allowed([5, 6], 2) == [2]
+    assert trie.allowed([5, 2], 2) == [2]  # complete
+    assert trie.allowed([5, 2, 0, 0], 2) == [2]  # complete, then padded
+    assert trie.walk([5, 6, 2]).item_id == "AB" and trie.walk([9]) is None
+
+
 def test_trie_separates_a_prefix_by_eos_and_rejects_clashes():
     trie = CandidateTrie({"A": [5, 2], "AB": [5, 6, 2]})  # 2 = EOS
     assert set(trie.root.children[5].children) == {2, 6}
@@ -245,7 +258,7 @@ def test_score_tree_agrees_with_cache_repeat(tiny, attn):
 
 
 def test_score_auto_falls_back_where_the_tree_mask_is_unsupported(tiny, monkeypatch, caplog):
-    import lavic.evaluation.decoding as decoding
+    import lavic.model.decoding as decoding
 
     rng = random.Random(10)
     lists = [random_ids(rng, 3)]
@@ -259,7 +272,7 @@ def test_score_auto_falls_back_where_the_tree_mask_is_unsupported(tiny, monkeypa
     monkeypatch.setattr(decoding, "_score_repeat", fake_repeat)
     text_config = tiny.model.config.text_config
     monkeypatch.setattr(text_config, "_attn_implementation", "flash_attention_2")
-    with caplog.at_level("DEBUG", logger="lavic.evaluation.decoding"):
+    with caplog.at_level("DEBUG", logger="lavic.model.decoding"):
         (scores,) = score_candidates(tiny.model, tiny.tokenizer, batch, lists)
     assert seen and set(scores) == set(lists[0])
     assert "cache-repeat path" in caplog.text and "flash_attention_2" in caplog.text
@@ -413,3 +426,28 @@ def test_generate_decoding_parses_its_text(tiny):
     )
     assert decoded.recommended == parse_answer(decoded.response, lists[0])
     assert decoded.ranking is None
+
+
+def test_a_checkpoints_generation_config_cannot_change_greedy(tiny):
+    """Settings a checkpoint's generation_config.json may carry (a repetition penalty, a
+    minimum length, another EOS, suppressed tokens) do not reach the answers."""
+    model = randomised(tiny, 21)
+    rng = random.Random(21)
+    lists = [random_ids(rng, 6), random_ids(rng, 3)]
+    _, _, batch = make_batch(model, lists, rng)
+    m, tok = model.model, model.tokenizer
+
+    def answers():
+        return (
+            constrained_answers(m, tok, batch, lists),
+            generate_answers(m, tok, batch, max_new_tokens=8, suppress_ids=[]),
+        )
+
+    plain = answers()
+    config = m.generation_config
+    config.repetition_penalty = 3.0
+    config.no_repeat_ngram_size = 1
+    config.min_new_tokens = 6
+    config.eos_token_id = [tok.eos_token_id, 5]
+    config.suppress_tokens = answer_token_ids(tok, lists[0][0])[:1]
+    assert answers() == plain
