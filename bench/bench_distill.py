@@ -41,8 +41,8 @@ from reference_style import (  # noqa: E402
 
 from lavic.data.records import DescribedImage  # noqa: E402
 from lavic.distill.module import DistillModule, StudentCollator  # noqa: E402
-from lavic.distill.train import wrap_with_vision_lora  # noqa: E402
 from lavic.model.backbone import Backbone  # noqa: E402
+from lavic.model.lora import add_vision_lora  # noqa: E402
 from lavic.prompts import DISTILL_PROMPT  # noqa: E402
 
 # Stage 1 of the real model: the seed's prompt (~120 Mistral tokens with a title) and the
@@ -100,7 +100,7 @@ def distill_variants(backbone: Backbone, name: str) -> tuple[dict[str, Callable]
         {"sample": s, "image": img, "outcome": "loaded", "key": f"train/{s.image_name}"}
         for s, img in zip(samples, images, strict=True)
     ]
-    peft = wrap_with_vision_lora(
+    peft = add_vision_lora(
         backbone.model, r=LORA["r"], alpha=LORA["alpha"], dropout=LORA["dropout"], base_model=name
     )
     module = DistillModule(peft, backbone.item_token_ids, lr=LR, weight_decay=WEIGHT_DECAY)

@@ -316,7 +316,7 @@ class TrainerArgs(_Checked):
 
 @dataclasses.dataclass(kw_only=True)
 class LoRAArgs(_Checked):
-    """The LoRA adapter's options (:func:`lavic.training.lora.add_lora`)."""
+    """The LoRA adapter's options (:func:`lavic.model.lora.add_lora`)."""
 
     lora_r: int = dataclasses.field(default=8, metadata={"help": "LoRA rank"})
     lora_alpha: int = dataclasses.field(

@@ -15,9 +15,9 @@ from lavic.artifacts import write_artifact
 from lavic.constants import IGNORE_INDEX, ITEM_TOKENS, ITEM_TOKENS_TEXT
 from lavic.data.records import DescribedImage
 from lavic.distill import module as dm
-from lavic.distill.train import Args, wrap_with_vision_lora
+from lavic.distill.train import Args
 from lavic.model.backbone import build_tiny_random, load_backbone, unwrap
-from lavic.model.lora import vision_lora_targets
+from lavic.model.lora import add_vision_lora, vision_lora_targets
 from lavic.training import sampler as sm
 from lavic.training.module import clean_param_name
 from lora_artefacts import randomise_lora_b
@@ -47,7 +47,7 @@ def wrapped():
     backbone = build_tiny_random()
     targets = vision_lora_targets(backbone.model)
     shapes = {n: m for n, m in unwrap(backbone.model).named_modules() if n in targets}
-    peft_model = wrap_with_vision_lora(
+    peft_model = add_vision_lora(
         backbone.model, r=R, alpha=ALPHA, dropout=0.0, base_model="tiny-random"
     )
     return backbone, peft_model, shapes

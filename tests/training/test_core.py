@@ -12,13 +12,13 @@ import torch
 from lavic.config import LoRAArgs, TrainerArgs
 from lavic.errors import LavicError
 from lavic.model.backbone import build_tiny_random
-from lavic.model.lora import language_lora_targets, vision_lora_targets
-from lavic.training.lora import add_lora
-from lavic.training.resume import check_trainable_state, checkpoint_to_resume
+from lavic.model.lora import add_lora, language_lora_targets, vision_lora_targets
+from lavic.training.resume import check_trainable_state, checkpoint_to_resume, peek_checkpoint
 from lavic.training.trainer import (
     EpochCheckpoint,
     SaveAtMaxSteps,
     StepCheckpoint,
+    atomic_checkpoint_io,
     checkpoint_callbacks,
     parse_devices,
 )
@@ -109,6 +109,37 @@ def test_resume_rule(tmp_path, caplog):
     ckpt.write_bytes(b"garbage")
     with pytest.raises(LavicError, match="unreadable checkpoint"):
         checkpoint_to_resume(ckpt, resume=True)
+
+
+def test_peek_checkpoint_reads_epoch_and_step_without_code(tmp_path):
+    ckpt = tmp_path / "last.ckpt"
+    torch.save({"epoch": 2, "global_step": 11, "state_dict": {}}, ckpt)
+    assert peek_checkpoint(ckpt) == (2, 11)
+    torch.save([1, 2], ckpt)
+    with pytest.raises(LavicError, match="not a training checkpoint"):
+        peek_checkpoint(ckpt)
+
+
+def test_the_trainer_writes_checkpoints_beside_their_name_then_renames(tmp_path, monkeypatch):
+    """A save that dies half-way leaves the previous last.ckpt whole, and no temporary under
+    the final name (Lightning's own IO copies from $TMPDIR onto the name)."""
+    io = atomic_checkpoint_io()
+    ckpt = tmp_path / "last.ckpt"
+    io.save_checkpoint({"epoch": 1, "global_step": 3}, ckpt)
+    assert peek_checkpoint(ckpt) == (1, 3)
+
+    def dies(obj, handle):
+        handle.write(b"half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", dies)
+    with pytest.raises(KeyboardInterrupt):
+        io.save_checkpoint({"epoch": 2, "global_step": 6}, ckpt)
+    monkeypatch.undo()
+    assert peek_checkpoint(ckpt) == (1, 3)
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+    with pytest.raises(TypeError):
+        io.save_checkpoint({}, ckpt, storage_options={"x": 1})
 
 
 def test_a_checkpoint_of_other_lora_settings_is_refused():

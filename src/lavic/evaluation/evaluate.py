@@ -39,7 +39,6 @@ from lavic.errors import LavicError
 from lavic.evaluation.decoding import DECODINGS, Decoded, decode_batch, prepare_prompts
 from lavic.evaluation.report import format_table, write_plot
 from lavic.evaluation.results import (
-    METRICS_FILE,
     SEED_SUMMARY_COLUMNS,
     SUMMARY_COLUMNS,
     SUMMARY_FILE,
@@ -636,7 +635,7 @@ class Evaluator:
             "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
         }
         write_plot(metrics, plot_path)
-        update_metrics_file(output_dir / METRICS_FILE, f"{a.split}_{a.candidate_type}", metrics)
+        update_metrics_file(output_dir, f"{a.split}_{a.candidate_type}", metrics)
         append_summary(
             output_dir / SUMMARY_FILE,
             summary_row(metrics, training_hyperparameters(artefact, train_info)),
@@ -678,7 +677,6 @@ __all__ = [
     "Args",
     "EvalData",
     "Evaluator",
-    "METRICS_FILE",
     "RUN_OPTIONS",
     "SEED_SUMMARY_COLUMNS",
     "SUMMARY_COLUMNS",

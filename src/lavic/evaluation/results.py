@@ -22,16 +22,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from lavic.artifacts import read_config, read_metrics, write_metrics
 from lavic.data.records import CANDIDATES_PREFIX, Conversation
+from lavic.errors import LavicError
 from lavic.evaluation.decoding import Decoded
-from lavic.io import atomic_open, atomic_write_json
+from lavic.io import atomic_open
 
 logger = logging.getLogger(__name__)
 
 SUMMARY_FILE = "results_summary.csv"
-METRICS_FILE = "metrics.json"
 # The seed's columns first, in its order; then ours.
 SEED_SUMMARY_COLUMNS: tuple[str, ...] = (
     "model_dir",
@@ -94,19 +93,9 @@ def training_hyperparameters(artefact: Path, train_info: dict | None) -> dict[st
     found: dict[str, Any] = {}
     if train_info:
         found.update({k: train_info[k] for k in keys if k in train_info})
-    for folder in (artefact, artefact.parent):
-        config = folder / "config.yaml"
-        if len(found) == len(keys) or not config.is_file():
-            continue
-        try:
-            data = yaml.safe_load(config.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-            logger.warning("%s: unreadable (%s); hyperparameters left blank", config, exc)
-            continue
-        if isinstance(data, dict):
-            for k in keys:
-                if k in data and k not in found:
-                    found[k] = data[k]
+    if len(found) < len(keys):
+        config = read_config(artefact, parent=True)
+        found.update({k: config[k] for k in keys if k in config and k not in found})
     return {k: found.get(k, "") for k in keys}
 
 
@@ -132,22 +121,20 @@ def append_summary(path: Path, row: dict[str, Any]) -> None:
         handle.write(existing + buffer.getvalue())
 
 
-def update_metrics_file(path: Path, name: str, metrics: dict[str, Any]) -> None:
-    """Store ``metrics`` under ``evaluation.<name>`` of ``metrics.json``, keeping the rest."""
-    data: dict[str, Any] = {}
-    if path.is_file():
-        try:
-            loaded = json.loads(path.read_text(encoding="utf-8"))
-            if isinstance(loaded, dict):
-                data = loaded
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            logger.warning("%s: unreadable (%s); rewriting it", path, exc)
+def update_metrics_file(folder: Path, name: str, metrics: dict[str, Any]) -> None:
+    """Store ``metrics`` under ``evaluation.<name>`` of ``folder``'s ``metrics.json``, keeping
+    the rest."""
+    try:
+        data = read_metrics(folder) or {}
+    except LavicError as exc:
+        logger.warning("%s; rewriting it", exc)
+        data = {}
     evaluation = data.get("evaluation")
     if not isinstance(evaluation, dict):
         evaluation = {}
     evaluation[name] = metrics
     data["evaluation"] = evaluation
-    atomic_write_json(path, data)
+    write_metrics(folder, data)
 
 
 def summary_row(metrics: dict[str, Any], hyperparameters: dict[str, Any]) -> dict[str, Any]:
@@ -159,7 +146,6 @@ def summary_row(metrics: dict[str, Any], hyperparameters: dict[str, Any]) -> dic
 
 __all__ = [
     "HYPERPARAMETERS",
-    "METRICS_FILE",
     "SEED_SUMMARY_COLUMNS",
     "SUMMARY_COLUMNS",
     "SUMMARY_FILE",

@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
+from lavic.artifacts import read_config
 from lavic.constants import MISSING_TITLE
 from lavic.errors import LavicError
 from lavic.serving.index import ITEM_TOKENS_DIR, Catalogue, read_catalogue
@@ -218,7 +219,8 @@ class Recommender:
         if max_length < 1:
             raise LavicError(f"max_length must be >= 1, got {max_length}")
         if with_images is None:
-            with_images = not bool(_tuned_settings(model_dir).get("no_images", False))
+            # The prompt the model was tuned with: text-only if its run had --no_images.
+            with_images = not bool(read_config(model_dir).get("no_images", False))
         if backbone is None:
             # The evaluator's loader: same device and dtype choice, so picks match it.
             backbone = load_model(model_dir, device=device or "auto", dtype=dtype)
@@ -399,21 +401,6 @@ class Recommender:
             retrieved is not None,
             prompt.truncated,
         )
-
-
-def _tuned_settings(model_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """``max_length`` / ``no_images`` from the artefact's saved config, if it has them."""
-    import yaml
-
-    path = Path(model_dir) / "config.yaml"
-    if not path.is_file():
-        return {}
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        log.warning("%s: unreadable; using the default prompt settings", path)
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 # --------------------------------------------------------------------------------------------

@@ -31,9 +31,6 @@ from lavic.training.trainer import CHECKPOINT_DIR, LAST_CHECKPOINT
 log = logging.getLogger(__name__)
 
 ADAPTER_DIR = TUNED_ADAPTER_DIR
-METRICS_FILE = "metrics.json"
-# The language model: the only place a stage-2 parameter may train.
-LANGUAGE_MODULES = (".language_model.",)
 
 
 @dataclass(kw_only=True)
@@ -137,24 +134,6 @@ class Args(TrainerArgs, LoRAArgs):
 # ------------------------------------------------------------------------------------ helpers
 
 
-def add_language_lora(model, *, r: int, alpha: int, dropout: float):
-    """Wrap ``model`` in a PeftModel with LoRA on every linear layer of the language model.
-
-    Everything else (vision tower, projector, embeddings, LM head) is frozen.
-    """
-    from lavic.model.lora import language_lora_targets
-    from lavic.training.lora import add_lora
-
-    return add_lora(
-        model,
-        language_lora_targets(model),
-        r=r,
-        alpha=alpha,
-        dropout=dropout,
-        trainable_under=LANGUAGE_MODULES,
-    )
-
-
 def _looks_like_path(name: str | Path) -> bool:
     """A local path rather than a Hub id (``org/name``) or a built-in name (``tiny``)."""
     text = str(name)
@@ -174,7 +153,7 @@ def run(args: Args) -> int:
     from lavic.data.records import LoadReport
     from lavic.model.backbone import load_backbone
     from lavic.model.compute import prompt_logits
-    from lavic.model.lora import count_parameters
+    from lavic.model.lora import add_language_lora, count_parameters
     from lavic.precision import (
         check_on_loader,
         cpu_bf16_possible,
@@ -408,8 +387,7 @@ def run(args: Args) -> int:
     }
     adapter_dir = out / ADAPTER_DIR
     if trainer.is_global_zero:
-        from lavic.artifacts import write_artifact
-        from lavic.io import atomic_write_json
+        from lavic.artifacts import write_artifact, write_metrics
 
         write_artifact(
             adapter_dir,
@@ -422,13 +400,13 @@ def run(args: Args) -> int:
             parent=parent,
         )
         # A fresh metrics.json: any evaluation of an earlier run in this folder is stale.
-        atomic_write_json(out / METRICS_FILE, metrics)
+        metrics_path = write_metrics(out, metrics)
         log.info(
             "best epoch %s (val_loss %s); wrote %s and %s",
             module.best and module.best["epoch"],
             module.best and module.best["val_loss"],
             adapter_dir,
-            out / METRICS_FILE,
+            metrics_path,
         )
     if args.skip_eval or not trainer.is_global_zero:
         return 0
