@@ -24,7 +24,7 @@ from typing import Any, Literal
 import torch
 
 from lavic.artifacts import TUNED_ADAPTER_DIR
-from lavic.config import LoRAArgs, TrainerArgs, override
+from lavic.config import LoRAArgs, RecommendDataArgs, TrainerArgs, override
 from lavic.errors import LavicError
 from lavic.training.trainer import CHECKPOINT_DIR, LAST_CHECKPOINT
 
@@ -34,8 +34,11 @@ ADAPTER_DIR = TUNED_ADAPTER_DIR
 
 
 @dataclass(kw_only=True)
-class Args(TrainerArgs, LoRAArgs):
-    """Options of ``lavic tune`` (the seed's ``prompt_tuning.py`` flags and defaults, plus LaViC's)."""
+class Args(RecommendDataArgs, TrainerArgs, LoRAArgs):
+    """Options of ``lavic tune`` (the seed's ``prompt_tuning.py`` flags and defaults, plus
+    LaViC's): the data and prompt options it shares with ``lavic evaluate``
+    (:class:`RecommendDataArgs`, with help that says what each means for training), the
+    shared training core's and LoRA's, and its own."""
 
     model_dir: Path = field(
         metadata={
@@ -43,49 +46,53 @@ class Args(TrainerArgs, LoRAArgs):
             "merged onto its recorded base model"
         }
     )
-    item_meta_path: Path = field(
-        metadata={"help": "item metadata with titles (item2meta_*.json[l])"}
+    item_meta_path: Path = override(
+        RecommendDataArgs,
+        "item_meta_path",
+        help="item metadata with titles (item2meta_*.json[l])",
     )
-    category: str = field(metadata={"help": "domain subdirectory of --data_dir, e.g. all_beauty"})
-    candidate_type: str = field(
-        default="candidates_st",
-        metadata={
-            "help": "the candidate list key in the conversations (candidates_st, candidates_gpt_large)"
-        },
+    category: str = override(
+        RecommendDataArgs, "category", help="domain subdirectory of --data_dir, e.g. all_beauty"
+    )
+    candidate_type: str = override(
+        RecommendDataArgs,
+        "candidate_type",
+        help="the candidate list key in the conversations (candidates_st, candidates_gpt_large)",
     )
     finetune_output_dir: Path = field(
         default=Path("out_finetuned"),
         metadata={"help": "where trained_lora_adapter/, metrics.json and the results go"},
     )
-    data_dir: Path = field(
-        default=Path("data"),
-        metadata={"help": "dataset root holding <category>/{train,valid,test}.jsonl"},
+    data_dir: Path = override(
+        RecommendDataArgs,
+        "data_dir",
+        Path("data"),
+        help="dataset root holding <category>/{train,valid,test}.jsonl",
     )
-    image_dir: Path | None = field(
-        default=None,
-        metadata={
-            "help": "item images <item>_0.jpg (missing ones: white placeholder, counted); required "
-            "unless --no_images"
-        },
+    image_dir: Path | None = override(
+        RecommendDataArgs,
+        "image_dir",
+        help="item images <item>_0.jpg (missing ones: white placeholder, counted); required "
+        "unless --no_images",
     )
-    max_length: int = field(
-        default=2048,
-        metadata={
-            "help": "token budget of prompt + answer; a longer conversation is cut (never a "
-            "candidate), counted in metrics.json"
-        },
+    max_length: int = override(
+        RecommendDataArgs,
+        "max_length",
+        help="token budget of prompt + answer; a longer conversation is cut (never a "
+        "candidate), counted in metrics.json",
     )
     # The seed's stage-2 defaults where they differ from the shared group's.
     batch_size: int = override(TrainerArgs, "batch_size", 1)
     num_epochs: int = override(TrainerArgs, "num_epochs", 1)
     devices: str = override(TrainerArgs, "devices", "1")
     num_workers: int = override(TrainerArgs, "num_workers", 0)
-    no_images: bool = field(
-        default=False,
-        metadata={"help": "text-only ablation: the same prompt without the visual tokens"},
+    no_images: bool = override(
+        RecommendDataArgs,
+        "no_images",
+        help="text-only ablation: the same prompt without the visual tokens",
     )
-    decoding: Literal["score", "constrained", "generate"] = field(
-        default="score", metadata={"help": "decoding used by the final test evaluation"}
+    decoding: Literal["score", "constrained", "generate"] = override(
+        RecommendDataArgs, "decoding", help="decoding used by the final test evaluation"
     )
     cache_dir: Path | None = field(
         default=None,
@@ -94,9 +101,10 @@ class Args(TrainerArgs, LoRAArgs):
     encode_batch_size: int = field(
         default=16, metadata={"help": "images per vision-tower call when filling the cache"}
     )
-    lenient: bool = field(
-        default=False,
-        metadata={"help": "skip malformed records (counted in metrics.json) instead of failing"},
+    lenient: bool = override(
+        RecommendDataArgs,
+        "lenient",
+        help="skip malformed records (counted in metrics.json) instead of failing",
     )
     skip_eval: bool = field(default=False, metadata={"help": "do not evaluate on the test split"})
     candidate_curriculum: list[int] | None = field(
@@ -424,6 +432,7 @@ def run(args: Args) -> int:
         model_dir=adapter_dir,
         output_dir=out,
         split="test",
+        batch_size=args.batch_size,
         cache_dir=None if args.no_images else cache_dir,
     )
     Evaluator(evaluation).evaluate(train_info=metrics)
