@@ -36,8 +36,8 @@ from lavic.data.images import ImageStats, item_image_name, placeholder_image, re
 from lavic.data.loaders import item_title, items_without_title, load_item_meta, load_split
 from lavic.data.records import Conversation, ItemMeta, LoadReport
 from lavic.errors import LavicError
+from lavic.evaluation.comparison import format_table, write_plot
 from lavic.evaluation.decoding import DECODINGS, Decoded, decode_batch, prepare_prompts
-from lavic.evaluation.report import format_table, write_plot
 from lavic.evaluation.results import (
     SEED_SUMMARY_COLUMNS,
     SUMMARY_COLUMNS,
@@ -65,6 +65,8 @@ from lavic.prompts import build_recommend_prompt
 logger = logging.getLogger(__name__)
 
 RANK_KS: tuple[int, ...] = (1, 3, 5, 10)
+
+
 @dataclass(kw_only=True)
 class Args(RecommendDataArgs, InferenceArgs):
     """Options of ``lavic evaluate``: the data and prompt options (:class:`RecommendDataArgs`),
