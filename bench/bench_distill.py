@@ -45,7 +45,7 @@ from lavic.model.backbone import Backbone  # noqa: E402
 from lavic.model.lora import add_vision_lora  # noqa: E402
 from lavic.prompts import DISTILL_PROMPT  # noqa: E402
 
-# Stage 1 of the real model: the seed's prompt (~120 Mistral tokens with a title) and the
+# Stage 1 of the real model: the reference's prompt (~120 Mistral tokens with a title) and the
 # median description of item2meta_valid.jsonl (88 words, ~115 tokens).
 REAL_DISTILL_TOKENS = 235
 TYPICAL_DESCRIPTION = (
@@ -63,7 +63,7 @@ def distill_description(tokenizer, name: str) -> str:
 
     For the bench model it is cut so that vision / LM FLOPs per image equal the real model's
     (5 views of ViT-L/14-336 against a ~235-token prompt + description through Mistral-7B):
-    this tokenizer spells the seed's prompt alone in ~300 tokens, so little room is left.
+    this tokenizer spells the reference's prompt alone in ~300 tokens, so little room is left.
     """
     if name != "bench":
         return TYPICAL_DESCRIPTION

@@ -47,7 +47,7 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.json"
-# Where `lavic tune` puts its artefact inside FINETUNE_OUTPUT_DIR (the seed's name).
+# Where `lavic tune` puts its artefact inside FINETUNE_OUTPUT_DIR (the reference's name).
 TUNED_ADAPTER_DIR = "trained_lora_adapter"
 
 

@@ -224,7 +224,7 @@ _SAME: Any = object()  # override(): keep the group's default
 
 def override(group: type, name: str, default: Any = _SAME, *, help: str | None = None) -> Any:
     """A field of ``group`` with another default and/or another ``--help`` text, for a command
-    whose seed-given default differs (``num_epochs`` is 5 in stage 1, 1 in stage 2) or whose
+    whose reference-given default differs (``num_epochs`` is 5 in stage 1, 1 in stage 2) or whose
     help says what the option means for it. The name, type and place stay the group's."""
     base = {f.name: f for f in dataclasses.fields(group)}[name]
     metadata = dict(base.metadata) if help is None else {**base.metadata, "help": help}

@@ -201,7 +201,7 @@ def test_stage_args_share_the_groups_with_their_own_defaults():
     defaults = {
         cls: {f.name: f.default for f in dataclasses.fields(cls)} for cls in (DistillArgs, TuneArgs)
     }
-    # The seed's per-stage defaults survive the composition.
+    # The reference's per-stage defaults survive the composition.
     assert defaults[DistillArgs]["num_epochs"] == 5 and defaults[TuneArgs]["num_epochs"] == 1
     assert defaults[DistillArgs]["batch_size"] == 4 and defaults[TuneArgs]["batch_size"] == 1
     assert defaults[DistillArgs]["max_steps"] == -1 and defaults[TuneArgs]["max_steps"] is None

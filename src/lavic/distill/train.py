@@ -37,7 +37,7 @@ MERGED_DIR = "merged"
 
 @dataclass(kw_only=True)
 class Args(TrainerArgs, LoRAArgs):
-    """Options of ``lavic distill`` (the seed's flags and defaults, plus LaViC's)."""
+    """Options of ``lavic distill`` (the reference's flags and defaults, plus LaViC's)."""
 
     train_data: Path = field(
         metadata={"help": "training item metadata: item2meta_train.json (.json) or .jsonl"}
@@ -55,7 +55,7 @@ class Args(TrainerArgs, LoRAArgs):
         default=Path("out_distilled"),
         metadata={"help": "run folder: checkpoints/, vision_lora_adapter_best/, metrics.json"},
     )
-    # The seed's stage-1 defaults where they differ from the shared group's.
+    # The reference's stage-1 defaults where they differ from the shared group's.
     max_steps: int | None = override(TrainerArgs, "max_steps", -1)
     checkpoint_every_n_steps: int | None = override(TrainerArgs, "checkpoint_every_n_steps", 100)
     max_length: int = field(

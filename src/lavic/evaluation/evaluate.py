@@ -1,12 +1,12 @@
 """``lavic evaluate``: answer every conversation of a split with a model, score it against
-baselines and write the seed's result files (:mod:`lavic.evaluation.results`).
+baselines and write the reference's result files (:mod:`lavic.evaluation.results`).
 
 The model is a tune artefact, or, for the zero-shot row, a distill artefact or a backbone as it
 is (``--model_dir tiny``; with ``--no_images`` that measures the language model's text skill);
 see :mod:`lavic.model.inference`.
 
 Outputs in ``OUTPUT_DIR``: ``<split>_results_<candidate_type>.jsonl``, ``results_summary.csv``,
-``metrics.json`` (under ``evaluation.<split>_<candidate_type>``: Recall@1 (the seed's
+``metrics.json`` (under ``evaluation.<split>_<candidate_type>``: Recall@1 (the reference's
 definition), Validity@1, the Recall@1 ceiling, HR@k / MRR / NDCG@k, counts of truncated prompts
 and missing titles and images, throughput, and the same metrics for the baselines) and
 ``recall_at_1_<split>_<candidate_type>.png``, the comparison as a bar plot.
@@ -39,7 +39,7 @@ from lavic.errors import LavicError
 from lavic.evaluation.comparison import format_table, write_plot
 from lavic.evaluation.decoding import DECODINGS, Decoded, decode_batch, prepare_prompts
 from lavic.evaluation.results import (
-    SEED_SUMMARY_COLUMNS,
+    REFERENCE_SUMMARY_COLUMNS,
     SUMMARY_COLUMNS,
     SUMMARY_FILE,
     append_summary,
@@ -643,7 +643,7 @@ __all__ = [
     "Args",
     "EvalData",
     "Evaluator",
-    "SEED_SUMMARY_COLUMNS",
+    "REFERENCE_SUMMARY_COLUMNS",
     "SUMMARY_COLUMNS",
     "SUMMARY_FILE",
     "append_summary",

@@ -1,10 +1,10 @@
-"""The evaluation's files: the seed's results JSONL, the summary CSV and ``metrics.json``.
+"""The evaluation's files: the reference's results JSONL, the summary CSV and ``metrics.json``.
 
 * ``<split>_results_<candidate_type>.jsonl``: each conversation's original JSON fields plus
   ``recommended_<key>`` and ``response_<key>`` (``key`` = candidate type without
-  ``candidates_``), as the seed writes them, and ``ranking_<key>`` / ``scores_<key>`` when the
+  ``candidates_``), as the reference writes them, and ``ranking_<key>`` / ``scores_<key>`` when the
   decoding ranks every candidate;
-* ``results_summary.csv``: one row appended per evaluation (:data:`SUMMARY_COLUMNS`, the seed's
+* ``results_summary.csv``: one row appended per evaluation (:data:`SUMMARY_COLUMNS`, the reference's
   columns first);
 * ``metrics.json``: each evaluation under ``evaluation.<split>_<candidate_type>``, the rest of
   the file (a training run's metrics) kept.
@@ -31,8 +31,8 @@ from lavic.io import atomic_open
 logger = logging.getLogger(__name__)
 
 SUMMARY_FILE = "results_summary.csv"
-# The seed's columns first, in its order; then ours.
-SEED_SUMMARY_COLUMNS: tuple[str, ...] = (
+# The reference's columns first, in its order; then ours.
+REFERENCE_SUMMARY_COLUMNS: tuple[str, ...] = (
     "model_dir",
     "candidate_type",
     "lr",
@@ -42,7 +42,7 @@ SEED_SUMMARY_COLUMNS: tuple[str, ...] = (
     "validity@1",
     "output_file",
 )
-SUMMARY_COLUMNS: tuple[str, ...] = SEED_SUMMARY_COLUMNS + (
+SUMMARY_COLUMNS: tuple[str, ...] = REFERENCE_SUMMARY_COLUMNS + (
     "recall@1_ceiling",
     "mrr",
     "hr@5",
@@ -53,12 +53,12 @@ SUMMARY_COLUMNS: tuple[str, ...] = SEED_SUMMARY_COLUMNS + (
     "num_conversations",
     "timestamp",
 )
-# Training hyperparameters of the summary row (the seed's columns), from the run or its config.
+# Training hyperparameters of the summary row (the reference's columns), from the run or its config.
 HYPERPARAMETERS: tuple[str, ...] = ("lr", "weight_decay", "num_epochs")
 
 
 def answer_key(candidate_type: str) -> str:
-    """``candidates_st`` -> ``st`` (the seed's suffix of ``recommended_`` / ``response_``)."""
+    """``candidates_st`` -> ``st`` (the reference's suffix of ``recommended_`` / ``response_``)."""
     return candidate_type.removeprefix(CANDIDATES_PREFIX)
 
 
@@ -72,8 +72,8 @@ def write_results(
     decoded: Sequence[Decoded],
     candidate_type: str,
 ) -> None:
-    """The seed's results file: each original record + ``recommended_<key>``, ``response_<key>``
-    (+ ``ranking_<key>``, ``scores_<key>`` when ranked)."""
+    """The reference's results file: each original record + ``recommended_<key>``,
+    ``response_<key>`` (+ ``ranking_<key>``, ``scores_<key>`` when ranked)."""
     key = answer_key(candidate_type)
     with atomic_open(path, "w", encoding="utf-8") as handle:
         for conv, d in zip(conversations, decoded, strict=True):
@@ -146,7 +146,7 @@ def summary_row(metrics: dict[str, Any], hyperparameters: dict[str, Any]) -> dic
 
 __all__ = [
     "HYPERPARAMETERS",
-    "SEED_SUMMARY_COLUMNS",
+    "REFERENCE_SUMMARY_COLUMNS",
     "SUMMARY_COLUMNS",
     "SUMMARY_FILE",
     "answer_key",

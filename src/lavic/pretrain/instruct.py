@@ -3,7 +3,7 @@
 LaViC assumes an instruction-following backbone that can match a request to one of ten
 candidates and answer its ID (Mistral-7B-Instruct has this from its own tuning). SmolLM2-135M
 does not (zero-shot 0.16-0.18 on ten candidates with the look written in words, chance 0.10),
-so ``tiny`` gets it here, once, from text alone: the seed's recommendation prompt, each
+so ``tiny`` gets it here, once, from text alone: the reference's recommendation prompt, each
 candidate line carrying its look in words. This is the stand-in's instruction tuning, not
 LaViC's stage 2: the demo's titles never state the look, so text-only stays at chance there.
 
@@ -222,7 +222,7 @@ def add_lm_adapter(backbone: Backbone, config: InstructConfig):
 def prompts_and_targets(
     backbone: Backbone, rows: Sequence[SelectionSample], max_length: int = MAX_LENGTH
 ):
-    """The seed's text-only recommendation prompts of ``rows`` and their answers."""
+    """The reference's text-only recommendation prompts of ``rows`` and their answers."""
     prompts = [
         build_recommend_prompt(
             backbone.tokenizer, r.context, r.candidates, max_length=max_length, with_images=False

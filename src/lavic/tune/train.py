@@ -1,8 +1,8 @@
-"""``lavic tune``: stage 2, recommendation prompt tuning (the seed's ``prompt_tuning.py``).
+"""``lavic tune``: stage 2, recommendation prompt tuning (the reference's ``prompt_tuning.py``).
 
 Starts from the base model with the stage-1 adapter merged, puts LoRA on every linear layer of
 the language model (vision tower and projector frozen), and trains it to answer the ground
-truth's ID given the seed's prompt: instruction, conversation, and per candidate ``ID: title``
+truth's ID given the reference's prompt: instruction, conversation, and per candidate ``ID: title``
 followed by its five visual tokens. Those tokens are read from the item-token cache, computed
 once per image before training; the vision tower never runs in a training step.
 
@@ -35,7 +35,7 @@ ADAPTER_DIR = TUNED_ADAPTER_DIR
 
 @dataclass(kw_only=True)
 class Args(RecommendDataArgs, TrainerArgs, LoRAArgs):
-    """Options of ``lavic tune`` (the seed's ``prompt_tuning.py`` flags and defaults, plus
+    """Options of ``lavic tune`` (the reference's ``prompt_tuning.py`` flags and defaults, plus
     LaViC's): the data and prompt options it shares with ``lavic evaluate``
     (:class:`RecommendDataArgs`, with help that says what each means for training), the
     shared training core's and LoRA's, and its own."""
@@ -81,7 +81,7 @@ class Args(RecommendDataArgs, TrainerArgs, LoRAArgs):
         help="token budget of prompt + answer; a longer conversation is cut (never a "
         "candidate), counted in metrics.json",
     )
-    # The seed's stage-2 defaults where they differ from the shared group's.
+    # The reference's stage-2 defaults where they differ from the shared group's.
     batch_size: int = override(TrainerArgs, "batch_size", 1)
     num_epochs: int = override(TrainerArgs, "num_epochs", 1)
     devices: str = override(TrainerArgs, "devices", "1")
