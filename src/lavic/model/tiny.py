@@ -42,7 +42,7 @@ from transformers.models.llava_next.image_processing_pil_llava_next import (
     LlavaNextImageProcessorPil,
 )
 
-from lavic.artifacts import ADAPTER_WEIGHTS
+from lavic.artifacts import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 from lavic.data.loaders import is_synthetic_catalogue
 from lavic.errors import LavicError
 from lavic.io import atomic_directory, atomic_open, atomic_write_json
@@ -60,7 +60,7 @@ SPEC_FILE = "tiny_config.json"  # the vision geometry (a TinySpec)
 WEIGHTS_FILE = "vision.safetensors"  # vision tower + projector + image_newline
 # The language model's instruction LoRA (a PEFT adapter folder), merged into the weights at load.
 LM_ADAPTER_DIR = "lm_adapter"
-LM_ADAPTER_FILES = ("adapter_config.json", ADAPTER_WEIGHTS)
+LM_ADAPTER_FILES = (ADAPTER_CONFIG, ADAPTER_WEIGHTS)
 CACHE_ENV = "LAVIC_CACHE"
 CACHE_MANIFEST = "lavic_tiny.json"
 # Bump when the assembled layout changes, so stale caches are not reused.
@@ -295,7 +295,7 @@ def merge_lm_adapter(model: LlavaNextForConditionalGeneration, adapter_dir: Path
     from peft import PeftModel
 
     adapter_dir = Path(adapter_dir)
-    config_path = adapter_dir / "adapter_config.json"
+    config_path = adapter_dir / ADAPTER_CONFIG
     try:
         targets = json.loads(config_path.read_text())["target_modules"]
     except (OSError, ValueError, KeyError) as exc:

@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from lavic.artifacts import save_adapter
+from lavic.artifacts import ADAPTER_WEIGHTS, save_adapter
 from lavic.data.synthetic import plan_catalogue
 from lavic.data.synthetic.catalogue import PlannedItem
 from lavic.errors import LavicError
@@ -422,9 +422,7 @@ def instruct(
         seen, curve = state["seen"], state["curve"]
         # (checkpoints before train_s was saved: the last measurement's, an underestimate)
         train_s = state.get("train_s", curve[-1]["train_s"] if curve else 0.0)
-        set_peft_model_state_dict(
-            model, load_file(str(ckpt / "adapter" / "adapter_model.safetensors"))
-        )
+        set_peft_model_state_dict(model, load_file(str(ckpt / "adapter" / ADAPTER_WEIGHTS)))
         opt.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
         log.info("resumed at %d samples", seen)
     model.train()
