@@ -39,8 +39,8 @@ from lavic.model.backbone import Backbone, load_backbone, unwrap
 from lavic.model.compute import target_loss_sums
 from lavic.model.inputs import build_batch
 from lavic.model.item_tokens import encode_item_tokens, pixel_views
+from lavic.model.lora import add_language_lora
 from lavic.prompts import build_recommend_prompt
-from lavic.tune.train import add_language_lora
 
 log = logging.getLogger("bench_cache")
 

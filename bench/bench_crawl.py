@@ -5,7 +5,7 @@ flight. Measured side by side in one run (this machine is shared and noisy):
 
   * ``sequential``: ``lavic crawl``'s own code with ``--concurrency 1``;
   * ``concurrent``: the same with ``--concurrency C`` (median of ``--repeats`` runs);
-  * ``seed-style``: the seed's loop (one GET, PIL open/convert/save, next), for reference.
+  * ``seed-style``: the reference's loop (one GET, PIL open/convert/save, next), for reference.
 
 The server runs in its own process so its threads do not compete with the crawler for the GIL.
 Every run starts from an empty folder and must save all N images, byte-identical across runs.
@@ -46,8 +46,8 @@ def _serve(n: int, delay: float, port_queue, stop_event) -> None:
     server.stop()
 
 
-def seed_style(targets: list[ImageTarget], folder: Path) -> None:
-    """The seed's crawl_images.py loop: one request at a time, no retry, no check."""
+def reference_loop(targets: list[ImageTarget], folder: Path) -> None:
+    """The reference's crawl_images.py loop: one request at a time, no retry, no check."""
     import httpx
     from PIL import Image
 
@@ -106,7 +106,7 @@ def main() -> None:
         if not args.no_seed_style:
             (root / "seed").mkdir()
             start = time.perf_counter()
-            seed_style(targets, root / "seed")
+            reference_loop(targets, root / "seed")
             results["seed_style_s"] = time.perf_counter() - start
         # Same bytes whatever the concurrency.
         for t in targets[:: max(1, args.n // 50)]:

@@ -41,11 +41,11 @@ from reference_style import (  # noqa: E402
 
 from lavic.data.records import DescribedImage  # noqa: E402
 from lavic.distill.module import DistillModule, StudentCollator  # noqa: E402
-from lavic.distill.train import wrap_with_vision_lora  # noqa: E402
 from lavic.model.backbone import Backbone  # noqa: E402
+from lavic.model.lora import add_vision_lora  # noqa: E402
 from lavic.prompts import DISTILL_PROMPT  # noqa: E402
 
-# Stage 1 of the real model: the seed's prompt (~120 Mistral tokens with a title) and the
+# Stage 1 of the real model: the reference's prompt (~120 Mistral tokens with a title) and the
 # median description of item2meta_valid.jsonl (88 words, ~115 tokens).
 REAL_DISTILL_TOKENS = 235
 TYPICAL_DESCRIPTION = (
@@ -63,7 +63,7 @@ def distill_description(tokenizer, name: str) -> str:
 
     For the bench model it is cut so that vision / LM FLOPs per image equal the real model's
     (5 views of ViT-L/14-336 against a ~235-token prompt + description through Mistral-7B):
-    this tokenizer spells the seed's prompt alone in ~300 tokens, so little room is left.
+    this tokenizer spells the reference's prompt alone in ~300 tokens, so little room is left.
     """
     if name != "bench":
         return TYPICAL_DESCRIPTION
@@ -100,7 +100,7 @@ def distill_variants(backbone: Backbone, name: str) -> tuple[dict[str, Callable]
         {"sample": s, "image": img, "outcome": "loaded", "key": f"train/{s.image_name}"}
         for s, img in zip(samples, images, strict=True)
     ]
-    peft = wrap_with_vision_lora(
+    peft = add_vision_lora(
         backbone.model, r=LORA["r"], alpha=LORA["alpha"], dropout=LORA["dropout"], base_model=name
     )
     module = DistillModule(peft, backbone.item_token_ids, lr=LR, weight_decay=WEIGHT_DECAY)

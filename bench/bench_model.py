@@ -40,7 +40,7 @@ from lavic.prompts import build_recommend_prompt
 
 # LLaVA-v1.6's anyres grids, in units of the base view's side.
 V16_GRID = [[1, 2], [2, 1], [2, 2], [3, 1], [1, 3]]
-CANDIDATES = 10  # the seed's candidate lists
+CANDIDATES = 10  # the reference's candidate lists
 PROMPT_TOKENS = 1500  # the recommendation prompt's length (as bench/gpu_bench.py)
 IMAGE_SIZE = (500, 460)  # a product photo (as bench/gpu_bench.py)
 

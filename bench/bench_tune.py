@@ -41,10 +41,10 @@ from reference_style import ReferenceCollator, reference_training_step  # noqa: 
 
 from lavic.model.backbone import unwrap  # noqa: E402
 from lavic.model.item_tokens import encode_item_tokens  # noqa: E402
+from lavic.model.lora import add_language_lora  # noqa: E402
 from lavic.prompts import build_recommend_prompt  # noqa: E402
 from lavic.tune.data import PromptedSample, RecommendCollator  # noqa: E402
 from lavic.tune.module import RecommendTuner  # noqa: E402
-from lavic.tune.train import add_language_lora  # noqa: E402
 
 
 def tune_variants(w: Workload) -> dict[str, Callable[[], Any]]:

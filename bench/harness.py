@@ -1,4 +1,4 @@
-"""What every pipeline benchmark shares: the seed's settings, the workload, timing and ratios.
+"""What every pipeline benchmark shares: the reference's settings, the workload, timing and ratios.
 
 The benchmarks (one file each, each importable, each returning a dict; bench/run_all.py runs
 them all and writes ``runs/bench/results.json``):
@@ -58,11 +58,11 @@ from lavic.prompts import (  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
-MAX_LENGTH = 2048  # the seed's --max_length
+MAX_LENGTH = 2048  # the reference's --max_length
 THREADS = 2
-LORA = {"r": 8, "alpha": 32, "dropout": 0.1}  # the seed's LoRA (both stages)
-LR, WEIGHT_DECAY = 5e-5, 1e-5  # the seed's defaults
-DISTILL_BATCH = 4  # the seed's --batch_size for stage 1
+LORA = {"r": 8, "alpha": 32, "dropout": 0.1}  # the reference's LoRA (both stages)
+LR, WEIGHT_DECAY = 5e-5, 1e-5  # the reference's defaults
+DISTILL_BATCH = 4  # the reference's --batch_size for stage 1
 
 
 # --------------------------------------------------------------------------------------------

@@ -144,3 +144,57 @@ def test_remove_partial_writes_deletes_only_the_killed_temporaries(tmp_path):
         "metrics.json",
     ]
     assert remove_partial_writes(tmp_path / "absent" / "last.ckpt") == 0
+
+
+def test_tune_and_evaluate_share_the_recommendation_data_group():
+    """One declaration of the data and prompt options; tune hands exactly those on to the
+    evaluation of its artefact (nothing listed by name a second time)."""
+    import dataclasses
+
+    from lavic.config import RecommendDataArgs
+    from lavic.evaluation.evaluate import Args as EvaluateArgs
+    from lavic.tune.train import Args as TuneArgs
+
+    group = {f.name: f for f in dataclasses.fields(RecommendDataArgs)}
+    assert {"data_dir", "category", "item_meta_path", "candidate_type", "image_dir"} <= set(group)
+    for cls in (TuneArgs, EvaluateArgs):
+        assert issubclass(cls, RecommendDataArgs)
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        for name, f in group.items():  # same type; tune's help says what it means in training
+            assert fields[name].type == f.type, (cls, name)
+    tune = TuneArgs(
+        model_dir=Path("s1"),
+        item_meta_path=Path("meta.json"),
+        category="beauty",
+        data_dir=Path("d"),
+        image_dir=Path("img"),
+        candidate_type="candidates_gpt_large",
+        decoding="constrained",
+        max_length=512,
+        lenient=True,
+        batch_size=3,
+    )
+    evaluation = EvaluateArgs.following(
+        tune, model_dir=Path("t"), output_dir=Path("o"), batch_size=tune.batch_size
+    )
+    assert RecommendDataArgs.values_of(evaluation) == RecommendDataArgs.values_of(tune)
+    assert evaluation.batch_size == 3 and evaluation.split == "test"
+
+
+def test_override_changes_only_what_it_is_given():
+    from lavic.config import RecommendDataArgs, override
+
+    @dataclass(kw_only=True)
+    class Cmd(RecommendDataArgs):
+        category: str = override(RecommendDataArgs, "category", help="which shop")
+        max_length: int = override(RecommendDataArgs, "max_length", 512)
+
+    parser = argparse.ArgumentParser()
+    add_dataclass_arguments(parser, Cmd)
+    helps = {a.dest: a.help for a in parser._actions}
+    assert helps["category"] == "which shop (required)"  # still required, new help
+    assert helps["max_length"] == "token budget of prompt + answer (default: 512)"
+    with pytest.raises(LavicError, match="--category"):
+        dataclass_from_namespace(
+            Cmd, parser.parse_args(["--data_dir", "d", "--item_meta_path", "m"])
+        )

@@ -24,7 +24,7 @@ CANDIDATES = [["A", "X"], ["Y", "C", "D"], ["Z"], ["F", "W"]]
 
 
 def test_recall_at_1_by_hand():
-    # hits: A (1), C is one of 3 gts (1), E absent (0), F repeated -> the seed counts 2
+    # hits: A (1), C is one of 3 gts (1), E absent (0), F repeated -> the reference counts 2
     assert recall_at_1(["A", "C", "Z", "F"], GTS) == pytest.approx(4 / 7)
     assert recall_at_1([None, None, None, None], GTS) == 0.0
     assert recall_at_1(["A", None, "E", None], GTS) == pytest.approx(2 / 7)
@@ -32,7 +32,7 @@ def test_recall_at_1_by_hand():
     assert recall_at_1(["A"], [[]]) == 0.0  # no gt items: nothing to recall
 
 
-def test_recall_at_1_matches_the_seed_loop():
+def test_recall_at_1_matches_the_reference_loop():
     rng = random.Random(0)
     ids = list("ABCDEFG")
     for _ in range(200):
@@ -41,7 +41,8 @@ def test_recall_at_1_matches_the_seed_loop():
         ]
         preds = [rng.choice([*ids, None]) for _ in gts]
         hits = total = 0
-        for rec, gt_list in zip(preds, gts, strict=True):  # the seed's code, verbatim in spirit
+        # the reference's code, verbatim in spirit
+        for rec, gt_list in zip(preds, gts, strict=True):
             for gt in gt_list:
                 if rec == gt:
                     hits += 1
@@ -70,7 +71,7 @@ def test_ceiling_is_the_best_recall_of_any_choice_brute_force():
 
 
 def test_repeated_gt_can_beat_the_ceiling_as_documented():
-    # one conversation whose gt list repeats the id: the seed's metric counts 2 hits
+    # one conversation whose gt list repeats the id: the reference's metric counts 2 hits
     assert recall_at_1(["F"], [["F", "F"]]) == 1.0
     assert recall_at_1_ceiling([["F"]], [["F", "F"]]) == 0.5
 

@@ -45,7 +45,7 @@ def test_every_reproduce_command_parses_with_its_config():
         seen.add((name, getattr(args, "candidate_type", None), getattr(args, "no_images", None)))
         if name == "distill":
             assert args.model_name == "llava-hf/llava-v1.6-mistral-7b-hf"
-            assert (args.lr, args.num_epochs, args.batch_size) == (5e-5, 5, 4)  # the seed's
+            assert (args.lr, args.num_epochs, args.batch_size) == (5e-5, 5, 4)  # the reference's
         if name == "tune":
             assert (args.lr, args.batch_size, args.max_length) == (5e-5, 1, 2048)
     assert ("tune", "candidates_gpt_large", True) in seen  # the text-only ablation

@@ -10,33 +10,35 @@ An artefact directory holds everything needed to rebuild the trained model from 
 * ``lavic.json``: ``{"kind", "base_model", "parent", "created", "lavic_version"}``, read by
   :func:`lavic.model.backbone.load_backbone` to rebuild base + adapters.
 
-This module is the one place that knows that layout: the writer (:func:`write_artifact`), the
-reader of ``lavic.json`` (:func:`read_artifact_info`), the walk up an artefact's lineage
-(:func:`artifact_lineage`, used by the loader and by the item-token cache's fingerprint) and
-the folder names the stages write (:data:`TUNED_ADAPTER_DIR`).
+This module is the one reader and writer of these files, and the one place that spells their
+names: the writer of a whole artefact (:func:`write_artifact`) and of its adapter
+(:func:`save_adapter`); ``lavic.json`` (:func:`read_artifact_info`, :func:`artifact_info`);
+``config.yaml`` (:func:`read_config`); ``metrics.json`` (:func:`read_metrics` /
+:func:`write_metrics`, also for the run and evaluation folders that hold one); the walk up an
+artefact's lineage (:func:`artifact_lineage`, used by the loader and by the item-token cache's
+fingerprint) and the folder names the stages write (:data:`TUNED_ADAPTER_DIR`).
 
 The directory is written under a temporary name beside its destination and renamed into
-place, so a reader never sees a half-written artefact. Replacing an existing artefact is one
-atomic exchange of the two folders (Linux ``renameat2(RENAME_EXCHANGE)``): the path always holds
-the old artefact or the new one, and a kill at any point leaves one of them in place.
+place (:func:`lavic.io.atomic_directory`), so a reader never sees a half-written artefact.
+Replacing an existing artefact is one atomic exchange of the two folders (Linux
+``renameat2(RENAME_EXCHANGE)``): the path always holds the old artefact or the new one, and a
+kill at any point leaves one of them in place.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
-import errno
 import json
 import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from lavic.config import save_config
 from lavic.errors import LavicError
-from lavic.io import apply_umask, atomic_write_json, fsync_directory
+from lavic.io import atomic_directory, atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +47,7 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.json"
-# Where `lavic tune` puts its artefact inside FINETUNE_OUTPUT_DIR (the seed's name).
+# Where `lavic tune` puts its artefact inside FINETUNE_OUTPUT_DIR (the reference's name).
 TUNED_ADAPTER_DIR = "trained_lora_adapter"
 
 
@@ -55,71 +57,56 @@ def _relative_parent(parent: str | os.PathLike[str], out_dir: Path) -> str:
     return os.path.relpath(Path(parent).resolve(), out_dir.resolve())
 
 
-RENAME_EXCHANGE = 2  # linux/fs.h: swap two existing paths atomically
+def save_adapter(
+    model,
+    out_dir: str | os.PathLike[str],
+    *,
+    state_dict: dict[str, Any] | None = None,
+    adapter: str = "default",
+    dtype: Any = None,
+    metadata: dict[str, str] | None = None,
+    model_card: bool = True,
+) -> None:
+    """Write a PEFT adapter (``adapter_config.json`` + ``adapter_model.safetensors``) into the
+    existing folder ``out_dir`` (an :func:`lavic.io.atomic_directory`'s temporary one).
 
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Swap the folders ``a`` and ``b`` in one atomic step; False where the platform or the
-    filesystem cannot (then the caller falls back to two renames)."""
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        renameat2 = libc.renameat2
-    except (OSError, AttributeError):  # not Linux / glibc < 2.28
-        return False
-    at_fdcwd = -100
-    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), RENAME_EXCHANGE) == 0:
-        return True
-    err = ctypes.get_errno()
-    if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):  # e.g. a filesystem without it
-        return False
-    raise OSError(err, os.strerror(err), str(b))
-
-
-@contextlib.contextmanager
-def atomic_directory(out_dir: str | os.PathLike[str]):
-    """Yield a fresh temporary directory beside ``out_dir``; on success it becomes ``out_dir``.
-
-    If ``out_dir`` exists the two folders are exchanged in one atomic step and the old one is
-    then deleted; where the filesystem cannot exchange, the old one is moved aside first (two
-    renames: for an instant the path is absent, never partial). The folder gets the mode the
-    umask gives. On an exception the temporary directory is removed and ``out_dir`` is left as
-    it was.
+    Args:
+        model: the ``peft.PeftModel``.
+        out_dir: the folder to write into.
+        state_dict: the adapter weights, named as in ``model.state_dict()``, when the live
+            model cannot give them whole (sharded by FSDP). PEFT's own
+            ``save_pretrained(state_dict=...)`` picks the adapter's entries by the live module
+            names, which under FSDP carry wrapper segments and so miss every wrapped block;
+            these keys are taken as given and converted the way PEFT converts them (the
+            adapter name dropped: ``...lora_A.default.weight`` -> ``...lora_A.weight``).
+            Default: PEFT's ``save_pretrained`` (embedding layers not saved: the item-token
+            rows are re-created deterministically at every load).
+        adapter: the adapter's name in ``model``.
+        dtype: store the weights in this ``torch.dtype`` (default: as trained).
+        metadata: extra safetensors metadata (beside ``format: pt``).
+        model_card: keep PEFT's ``README.md`` model card beside the adapter.
     """
     out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
-        apply_umask(tmp, directory=True)
-        yield tmp
-        if out.exists() and _exchange(tmp, out):
-            fsync_directory(out.parent)
-            shutil.rmtree(tmp, ignore_errors=True)  # now the old artefact
-            return
-        old = None
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
-            os.rmdir(old)
-            os.replace(out, old)
-        os.replace(tmp, out)
-        fsync_directory(out.parent)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    if state_dict is None:
+        model.save_pretrained(str(out), safe_serialization=True, save_embedding_layers=False)
+    else:
+        _save_adapter_state(model, state_dict, out, adapter)
+    weights_path = out / ADAPTER_WEIGHTS
+    if not weights_path.is_file():
+        raise RuntimeError(f"PEFT wrote no {ADAPTER_WEIGHTS} in {out}")
+    if dtype is not None or metadata:
+        from safetensors.torch import load_file, save_file
+
+        weights = load_file(str(weights_path))
+        if dtype is not None:
+            weights = {k: v.to(dtype).contiguous() for k, v in weights.items()}
+        save_file(weights, str(weights_path), metadata={"format": "pt", **(metadata or {})})
+    if not model_card:
+        (out / "README.md").unlink(missing_ok=True)
 
 
-def save_adapter(model, state_dict: dict[str, Any], out_dir: Path, adapter: str = "default"):
-    """Write a PEFT adapter (config + safetensors) from an explicit state dict.
-
-    PEFT's own ``save_pretrained(state_dict=...)`` picks the adapter's entries by the live
-    module names, which under FSDP carry wrapper segments and so miss every wrapped block;
-    the keys here are taken as given and converted the way PEFT converts them (the adapter
-    name dropped: ``...lora_A.default.weight`` -> ``...lora_A.weight``).
-    """
+def _save_adapter_state(model, state_dict: dict[str, Any], out_dir: Path, adapter: str) -> None:
+    """The adapter of an explicit state dict, written as ``PeftModel.save_pretrained`` would."""
     from safetensors.torch import save_file
 
     marker = f".{adapter}."
@@ -196,15 +183,10 @@ def write_artifact(
     """
     out = Path(out_dir)
     with atomic_directory(out) as tmp:
-        if state_dict is None:
-            model.save_pretrained(str(tmp), safe_serialization=True, save_embedding_layers=False)
-        else:
-            save_adapter(model, state_dict, tmp)
-        if not (tmp / ADAPTER_WEIGHTS).is_file():
-            raise RuntimeError(f"PEFT wrote no {ADAPTER_WEIGHTS} in {tmp}")
+        save_adapter(model, tmp, state_dict=state_dict)
         backbone.save_preprocessing(tmp)
         save_config(config, tmp / CONFIG_FILE)
-        atomic_write_json(tmp / METRICS_FILE, metrics)
+        write_metrics(tmp, metrics)
         rel_parent = _relative_parent(parent, out) if parent is not None else None
         atomic_write_json(
             tmp / ARTIFACT_FILE, artifact_info(kind=kind, base_model=base_model, parent=rel_parent)
@@ -265,12 +247,59 @@ def artifact_lineage(artifact_dir: str | os.PathLike[str]) -> list[tuple[Path, d
     return lineage
 
 
-def read_metrics(artifact_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """The ``metrics.json`` of an artefact directory, or None if it has none."""
-    path = Path(artifact_dir) / METRICS_FILE
+def read_metrics(folder: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The ``metrics.json`` of ``folder`` (an artefact, a run or an evaluation folder), or None
+    if it has none.
+
+    Raises:
+        LavicError: if the file is there but unreadable or not a JSON object.
+    """
+    path = Path(folder) / METRICS_FILE
     if not path.is_file():
         return None
-    return json.loads(path.read_text(encoding="utf-8"))
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise LavicError(f"{path}: unreadable metrics ({exc})") from None
+    if not isinstance(data, dict):
+        raise LavicError(f"{path}: must be a JSON object, got {type(data).__name__}")
+    return data
+
+
+def write_metrics(folder: str | os.PathLike[str], metrics: dict[str, Any]) -> Path:
+    """Write ``folder/metrics.json`` atomically (the folder is created if needed); returns its
+    path."""
+    path = Path(folder) / METRICS_FILE
+    atomic_write_json(path, metrics)
+    return path
+
+
+def read_config(folder: str | os.PathLike[str], *, parent: bool = False) -> dict[str, Any]:
+    """The resolved command config saved in ``folder`` (``config.yaml``), as a mapping.
+
+    Only settings a reader can do without are looked up this way (the prompt settings a served
+    model was tuned with, a summary's hyperparameter columns): a missing file or one holding
+    no mapping gives ``{}``, and an unreadable one is skipped with a warning.
+
+    Args:
+        folder: the artefact directory.
+        parent: also read the parent folder's ``config.yaml`` (a run folder around the
+            artefact) for the keys ``folder``'s lacks.
+    """
+    folders = [Path(folder)] + ([Path(folder).parent] if parent else [])
+    found: dict[str, Any] = {}
+    for where in folders:
+        path = where / CONFIG_FILE
+        if not path.is_file():
+            continue
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+            log.warning("%s: unreadable (%s); its settings are not used", path, exc)
+            continue
+        if isinstance(data, dict):
+            found = {**data, **found}
+    return found
 
 
 __all__ = [
@@ -283,8 +312,9 @@ __all__ = [
     "CONFIG_FILE",
     "METRICS_FILE",
     "artifact_info",
-    "atomic_directory",
+    "read_config",
     "read_metrics",
     "save_adapter",
     "write_artifact",
+    "write_metrics",
 ]

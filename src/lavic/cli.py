@@ -41,7 +41,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tune": ("lavic.tune.train", "Stage 2: recommendation prompt tuning"),
     "evaluate": ("lavic.evaluation.evaluate", "Evaluate a tuned model on a split"),
     "index": ("lavic.serving.index", "Build the retrieval index and token cache of a catalogue"),
-    "recommend": ("lavic.serving.recommend", "Recommend an item for a conversation"),
+    "recommend": ("lavic.serving.recommend_cli", "Recommend an item for a conversation"),
     "serve": ("lavic.serving.app", "Serve the recommend API and web page"),
     "demo": ("lavic.demo", "Run the whole pipeline on a synthetic catalogue"),
 }

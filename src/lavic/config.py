@@ -219,11 +219,22 @@ def save_config(config: Any, path: str | Path) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def override(group: type, name: str, default: Any) -> Any:
-    """A field of ``group`` (help text and all) with another default, for a command whose
-    seed-given default differs (``num_epochs`` is 5 in stage 1, 1 in stage 2)."""
+_SAME: Any = object()  # override(): keep the group's default
+
+
+def override(group: type, name: str, default: Any = _SAME, *, help: str | None = None) -> Any:
+    """A field of ``group`` with another default and/or another ``--help`` text, for a command
+    whose reference-given default differs (``num_epochs`` is 5 in stage 1, 1 in stage 2) or whose
+    help says what the option means for it. The name, type and place stay the group's."""
     base = {f.name: f for f in dataclasses.fields(group)}[name]
-    return dataclasses.field(default=default, metadata=base.metadata)
+    metadata = dict(base.metadata) if help is None else {**base.metadata, "help": help}
+    if default is not _SAME:
+        return dataclasses.field(default=default, metadata=metadata)
+    if base.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return dataclasses.field(default_factory=base.default_factory, metadata=metadata)  # type: ignore[misc]
+    if base.default is not dataclasses.MISSING:
+        return dataclasses.field(default=base.default, metadata=metadata)
+    return dataclasses.field(metadata=metadata)  # required, as in the group
 
 
 def _at_least(config: Any, minimum: int, *names: str) -> None:
@@ -316,7 +327,7 @@ class TrainerArgs(_Checked):
 
 @dataclasses.dataclass(kw_only=True)
 class LoRAArgs(_Checked):
-    """The LoRA adapter's options (:func:`lavic.training.lora.add_lora`)."""
+    """The LoRA adapter's options (:func:`lavic.model.lora.add_lora`)."""
 
     lora_r: int = dataclasses.field(default=8, metadata={"help": "LoRA rank"})
     lora_alpha: int = dataclasses.field(
@@ -345,3 +356,47 @@ class InferenceArgs(_Checked):
             "weights under bf16 autocast if that matches float32 on a probe batch; else float32"
         },
     )
+
+
+@dataclasses.dataclass(kw_only=True)
+class RecommendDataArgs(_Checked):
+    """The recommendation data and how its prompt is read: the options stage 2 (``lavic tune``)
+    and the evaluation (``lavic evaluate``) share, by name and meaning. A tune run hands exactly
+    these on to the evaluation of its artefact (``lavic.evaluation.evaluate.Args.following``).
+    """
+
+    data_dir: Path = dataclasses.field(
+        metadata={"help": "dataset root holding <category>/<split>.jsonl"}
+    )
+    category: str = dataclasses.field(metadata={"help": "domain subdirectory, e.g. all_beauty"})
+    item_meta_path: Path = dataclasses.field(
+        metadata={"help": "item metadata (titles): item2meta_*.json[l]"}
+    )
+    candidate_type: str = dataclasses.field(
+        default="candidates_st", metadata={"help": "candidate list key, e.g. candidates_st"}
+    )
+    image_dir: Path | None = dataclasses.field(
+        default=None, metadata={"help": "item images <item>_0.jpg (missing: placeholder, counted)"}
+    )
+    decoding: Literal["score", "constrained", "generate"] = dataclasses.field(
+        default="score",
+        metadata={
+            "help": "score: rank candidates by likelihood; constrained: "
+            "greedy over candidate IDs; generate: the seed's free "
+            "greedy text + ID parsing"
+        },
+    )
+    no_images: bool = dataclasses.field(
+        default=False, metadata={"help": "text-only prompt (no item tokens) for the model"}
+    )
+    max_length: int = dataclasses.field(
+        default=2048, metadata={"help": "token budget of prompt + answer"}
+    )
+    lenient: bool = dataclasses.field(
+        default=False, metadata={"help": "skip bad records (counted)"}
+    )
+
+    @classmethod
+    def values_of(cls, config: RecommendDataArgs) -> dict[str, Any]:
+        """This group's options of ``config`` (any command's Args that composes it)."""
+        return {f.name: getattr(config, f.name) for f in dataclasses.fields(cls) if f.init}

@@ -9,12 +9,12 @@ ITEM_TOKENS_TEXT = "".join(ITEM_TOKENS)
 # Label value ignored by the cross-entropy loss (PyTorch's default ignore_index).
 IGNORE_INDEX = -100
 
-# A missing or unreadable image is replaced by a white square of this size (as in the seed).
+# A missing or unreadable image is replaced by a white square of this size (as in the reference).
 PLACEHOLDER_IMAGE_SIZE = (336, 336)
 
 DEFAULT_MODEL_NAME = "llava-hf/llava-v1.6-mistral-7b-hf"
 
-# Title used for an item without metadata (the seed's fallback).
+# Title used for an item without metadata (the reference's fallback).
 MISSING_TITLE = "No Title"
 
 # `lavic synthesize` (and `lavic synthesize-unseen`) give every image they draw a URL on this

@@ -316,8 +316,8 @@ def ladder(results: dict[str, Any], categories: list[str]) -> list[tuple[str, di
 def run(args: Args) -> int:
     from lavic.data import synthetic
     from lavic.demo_report import compare_to_text_only
+    from lavic.evaluation.comparison import format_table
     from lavic.evaluation.evaluate import evaluate_split
-    from lavic.evaluation.report import format_table
 
     out = Path(args.output_dir)
     if args.overwrite and out.exists():

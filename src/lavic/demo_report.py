@@ -10,6 +10,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+from lavic.artifacts import read_metrics
 from lavic.io import atomic_write_text
 
 METHOD_ORDER = ("random", "retriever-first", "text-only", "LaViC", "described")
@@ -64,14 +65,10 @@ def _csv_series(run_dir: Path, key: str) -> list[tuple[int, float]]:
     return points
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-
-
 def plot_training(stage1_dir: Path, tune_dir: Path, path: Path) -> None:
     plt = _pyplot()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8))
-    stage1 = _read_json(stage1_dir / "metrics.json")
+    stage1 = read_metrics(stage1_dir) or {}
     train = [p for k in ("train_loss_step", "train_loss") for p in _csv_series(stage1_dir, k)]
     if train:
         ax1.plot(*zip(*sorted(train), strict=True), color="#90a4ae", label="train loss")
@@ -100,7 +97,7 @@ def plot_training(stage1_dir: Path, tune_dir: Path, path: Path) -> None:
         ylabel="description NLL / token",
     )
     ax1.legend(fontsize=8)
-    steps = _read_json(tune_dir / "metrics.json").get("train_steps", [])
+    steps = (read_metrics(tune_dir) or {}).get("train_steps", [])
     if steps:
         ax2.plot([s["step"] for s in steps], [s["train_loss"] for s in steps], color="#43a047")
     ax2.set(
@@ -272,7 +269,7 @@ def write_report(
     plot_training(stage1_dir, tune_dir, out / "training_curves.png")
     plot_results(categories, evaluations, out / "results.png")
     plot_examples(out, categories, out / "data", out / "examples.png")
-    stage1 = _read_json(stage1_dir / "metrics.json")
+    stage1 = read_metrics(stage1_dir) or {}
     lines = [
         "# LaViC demo report",
         "",

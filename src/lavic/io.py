@@ -1,18 +1,29 @@
-"""Atomic file writes and safe path joins: a reader never sees half a file, and a name taken
-from data never escapes its folder."""
+"""Atomic writes and safe path joins: a reader never sees half a file or half a folder, and a
+name taken from data never escapes its folder.
+
+The one writer of files (:func:`atomic_open`, :func:`atomic_write_text`,
+:func:`atomic_write_json`) and of folders (:func:`atomic_directory`): everything is written
+under a temporary name beside its destination and renamed into place. Framework-free: the
+trainer's checkpoint IO that uses :func:`atomic_open` lives in :mod:`lavic.training.trainer`.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import json
+import logging
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
 from lavic.errors import LavicError
+
+log = logging.getLogger(__name__)
 
 
 def current_umask() -> int:
@@ -121,38 +132,73 @@ def safe_join(root: str | os.PathLike[str], name: str) -> Path:
     return candidate
 
 
-def atomic_checkpoint_io():
-    """A Lightning ``CheckpointIO`` that writes each checkpoint beside its path, then renames it.
-
-    Lightning's own stages a checkpoint under ``$TMPDIR`` and *moves* it onto its name: a copy
-    when ``$TMPDIR`` is another filesystem (a tmpfs ``/tmp``, outputs on a data disk), so a
-    process killed during the copy leaves a truncated ``last.ckpt`` under its final name.
-    """
-    import torch
-    from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-
-    class AtomicCheckpointIO(TorchCheckpointIO):
-        def save_checkpoint(self, checkpoint, path, storage_options=None):
-            if storage_options is not None:
-                raise TypeError("AtomicCheckpointIO takes no storage_options")
-            with atomic_open(path, "wb") as handle:
-                torch.save(checkpoint, handle)
-
-    return AtomicCheckpointIO()
+RENAME_EXCHANGE = 2  # linux/fs.h: swap two existing paths atomically
 
 
-def peek_checkpoint(path: str | os.PathLike[str]) -> tuple[int, int]:
-    """``(epoch, global_step)`` of one of our training checkpoints, read without unpickling
-    code (``weights_only=True``); a damaged one is a one-line error (Lightning would raise deep
-    inside ``fit``)."""
-    import torch
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap the folders ``a`` and ``b`` in one atomic step; False where the platform or the
+    filesystem cannot (then the caller falls back to two renames)."""
+    import ctypes
+    import ctypes.util
 
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises RuntimeError, UnpicklingError, EOFError, ... here
-        raise LavicError(
-            f"{path}: unreadable checkpoint ({type(exc).__name__}); delete it to start over"
-        ) from None
-    if not isinstance(ckpt, dict):
-        raise LavicError(f"{path}: not a training checkpoint; delete it to start over")
-    return int(ckpt.get("epoch", 0)), int(ckpt.get("global_step", 0))
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):  # not Linux / glibc < 2.28
+        return False
+    at_fdcwd = -100
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):  # e.g. a filesystem without it
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+@contextlib.contextmanager
+def atomic_directory(out_dir: str | os.PathLike[str], *, keep_existing: bool = False):
+    """Yield a fresh temporary directory beside ``out_dir``; on success it becomes ``out_dir``.
+
+    If ``out_dir`` exists the two folders are exchanged in one atomic step and the old one is
+    then deleted; where the filesystem cannot exchange, the old one is moved aside first (two
+    renames: for an instant the path is absent, never partial). The folder gets the mode the
+    umask gives. On an exception the temporary directory is removed and ``out_dir`` is left as
+    it was.
+
+    With ``keep_existing`` an ``out_dir`` that is there when the new folder is ready (another
+    process wrote the same content meanwhile, e.g. a shared cache) is kept and the new one
+    dropped; the caller checks it is what it wants.
+    """
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        apply_umask(tmp, directory=True)
+        yield tmp
+        if keep_existing:
+            try:
+                os.rename(tmp, out)  # fails on a non-empty out_dir: never replaces one
+            except OSError:
+                if not out.exists():
+                    raise
+                log.info("%s was written concurrently; keeping that copy", out)
+                shutil.rmtree(tmp, ignore_errors=True)
+                return
+            fsync_directory(out.parent)
+            return
+        if out.exists() and _exchange(tmp, out):
+            fsync_directory(out.parent)
+            shutil.rmtree(tmp, ignore_errors=True)  # now the old folder
+            return
+        old = None
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+            os.rmdir(old)
+            os.replace(out, old)
+        os.replace(tmp, out)
+        fsync_directory(out.parent)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

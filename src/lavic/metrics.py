@@ -1,6 +1,6 @@
 """Pure ranking metrics for candidate-based recommendation, per ground-truth item.
 
-Every metric here is averaged over *ground-truth items*, not conversations, as the seed's
+Every metric here is averaged over *ground-truth items*, not conversations, as the reference's
 Recall@1 is::
 
     for gt in gts:
@@ -10,7 +10,7 @@ Recall@1 is::
 
 So a conversation with 3 gt items adds 3 to the denominator and, with one prediction, at most 1
 hit (2 if its gt list repeats the predicted id: the published data repeats an id when a comment
-links the same product twice, and the seed counts both). A conversation with no gt items adds
+links the same product twice, and the reference counts both). A conversation with no gt items adds
 nothing. Each ranking metric scores every gt item as if it were the conversation's only relevant
 item and averages those scores over all gt items; with one gt item per conversation they are
 the textbook definitions. All functions return 0.0 when there is no gt item at all, and raise
@@ -52,7 +52,7 @@ def _per_gt_mean(rankings, gt_items, score) -> float:
 
 
 def recall_at_1(predictions: Sequence[str | None], gt_items: Sequence[Sequence[str]]) -> float:
-    """The seed's Recall@1: hits of the one prediction over all ground-truth items.
+    """The reference's Recall@1: hits of the one prediction over all ground-truth items.
 
     Args:
         predictions: One predicted item id per conversation; None for no valid answer.
@@ -77,9 +77,9 @@ def recall_at_1_ceiling(
     """The best Recall@1 a picker limited to the candidate list can get, one hit per conversation.
 
     Per conversation 1 if any of its gt items is in its candidate list, else 0; summed and
-    divided by the number of gt items (the seed's denominator). This equals the best
+    divided by the number of gt items (the reference's denominator). This equals the best
     :func:`recall_at_1` of any choice of candidates unless a conversation's gt list repeats the
-    id it could hit, which the seed's metric would count more than once.
+    id it could hit, which the reference's metric would count more than once.
     """
     _check_lengths(candidate_lists=candidate_lists, gt_items=gt_items)
     reachable = total = 0

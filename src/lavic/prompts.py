@@ -1,11 +1,11 @@
 """Every prompt LaViC shows a model, in one place.
 
-* Stage 1 (distillation): :data:`DISTILL_PROMPT`, the seed's, with the five item-token
+* Stage 1 (distillation): :data:`DISTILL_PROMPT`, the reference's, with the five item-token
   placeholders. :func:`student_prompt` fills in a title; :func:`teacher_prompt` is the same
   prompt with LLaVA's ``<image>`` (:data:`IMAGE_TOKEN`) where the five tokens go: what the base
   model reads when it writes a description (``lavic describe``) or scores one (the teacher).
 * Stage 2 (recommendation): :data:`RECOMMEND_PROMPT_HEAD` + one :data:`RECOMMEND_CANDIDATE` per
-  candidate + :data:`RECOMMEND_SUFFIX`, the seed's; the text-only ablation
+  candidate + :data:`RECOMMEND_SUFFIX`, the reference's; the text-only ablation
   (:data:`RECOMMEND_CANDIDATE_TEXT_ONLY`) drops the item tokens and keeps everything else.
   :func:`build_recommend_prompt` renders it under a token budget, cutting the conversation and
   never a candidate.
@@ -29,7 +29,7 @@ IMAGE_TOKEN = "<image>"
 
 # ------------------------------------------------------------------------------ stage 1
 
-# The seed's distillation prompt, verbatim. `{title}` is the product title.
+# The reference's distillation prompt, verbatim. `{title}` is the product title.
 DISTILL_PROMPT = (
     "You are a helpful assistant.\n"
     "Given an Amazon product's title and its image, please provide a detailed, visually grounded "
@@ -55,7 +55,7 @@ def clean_text(text: str, image_token: str = IMAGE_TOKEN) -> str:
 
 
 def student_prompt(title: str) -> str:
-    """The seed's distillation prompt, with the five item-token placeholders."""
+    """The reference's distillation prompt, with the five item-token placeholders."""
     return DISTILL_PROMPT.format(title=clean_text(title))
 
 
@@ -70,7 +70,7 @@ def teacher_prompt(title: str, image_token: str = IMAGE_TOKEN) -> str:
 
 # ------------------------------------------------------------------------------ stage 2
 
-# The seed's recommendation prompt, verbatim: instruction + conversation, then one
+# The reference's recommendation prompt, verbatim: instruction + conversation, then one
 # RECOMMEND_CANDIDATE per candidate, then RECOMMEND_SUFFIX; the target is the candidate's ID.
 RECOMMEND_PROMPT_HEAD = (
     "You are an AI assistant specialized in providing personalized product recommendations based "
@@ -120,7 +120,7 @@ def _check_text(text: str, what: str) -> None:
 def render_recommend_prompt(
     conversation: str, candidates: Sequence[tuple[str, str]], with_images: bool = True
 ) -> str:
-    """The seed's prompt for ``(item_id, title)`` candidates, with no token budget."""
+    """The reference's prompt for ``(item_id, title)`` candidates, with no token budget."""
     line = RECOMMEND_CANDIDATE if with_images else RECOMMEND_CANDIDATE_TEXT_ONLY
     body = "".join(line.format(item_id=i, title=t) for i, t in candidates)
     return RECOMMEND_PROMPT_HEAD.format(conversation=conversation) + body + RECOMMEND_SUFFIX
@@ -196,13 +196,13 @@ def build_recommend_prompt(
 def text_selection_prompt(
     conversation: str, candidates: Sequence[tuple[str, str, str]], *, chat_tokenizer=None
 ) -> str:
-    """The seed's recommendation prompt with each candidate's look written in words.
+    """The reference's recommendation prompt with each candidate's look written in words.
 
     Args:
         conversation: the thread.
         candidates: ``(item_id, title, description)`` in the order shown.
         chat_tokenizer: wrap the prompt in this tokenizer's chat template (the user turn),
-            instead of the seed's raw ``Assistant:`` suffix.
+            instead of the reference's raw ``Assistant:`` suffix.
     """
     body = "".join(
         RECOMMEND_CANDIDATE_TEXT_ONLY.format(item_id=i, title=t) + d + "\n"

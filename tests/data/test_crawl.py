@@ -88,7 +88,7 @@ def png_header_bomb(width: int, height: int) -> bytes:
 # ----------------------------------------------------------------------------- metadata
 
 
-def test_train_json_targets_follow_seed_naming(tmp_path):
+def test_train_json_targets_follow_reference_naming(tmp_path):
     meta = {
         "B000000001": {
             "title": "a",
@@ -469,7 +469,8 @@ def test_resume_replaces_a_partial_file_left_by_another_tool(server, tmp_path):
     server.add("/b.jpg", ok(image_bytes(seed=4)))
     images = tmp_path / "images"
     images.mkdir()
-    (images / "A_0.jpg").write_bytes(body[: len(body) // 2])  # as the seed's crawler could leave
+    # half an image, as the reference's crawler could leave it
+    (images / "A_0.jpg").write_bytes(body[: len(body) // 2])
     (images / "B_0.jpg").write_bytes(image_bytes(seed=5))  # a whole image from elsewhere: kept
     (images / ".A_0.jpg.abc123.tmp").write_bytes(b"junk")  # left by a killed run
     report = crawl_images(
@@ -536,7 +537,7 @@ def test_cli_exit_codes(server, tmp_path):
     assert cli_main([*base, "--images_dir", str(tmp_path / "i3")]) == 1  # nothing fetched
 
 
-def test_cli_defaults_are_the_seed_layout(server, tmp_path, monkeypatch, capsys):
+def test_cli_defaults_are_the_reference_layout(server, tmp_path, monkeypatch, capsys):
     server.add("/v.jpg", ok(image_bytes(seed=1)))
     server.add("/t.jpg", ok(image_bytes(seed=2)))
     _write_valid_meta(
@@ -551,7 +552,7 @@ def test_cli_defaults_are_the_seed_layout(server, tmp_path, monkeypatch, capsys)
     assert final_files(tmp_path / "data" / "valid_images") == {"V_0.jpg"}
     out = capsys.readouterr().out
     assert "saved:         1" in out and "already there: 0" in out
-    # --item_meta_path alone picks the seed's folder beside it.
+    # --item_meta_path alone picks the reference's folder beside it.
     argv = ["crawl", "--item_meta_path", "data/item2meta_valid.jsonl", "--allow_private_hosts"]
     assert cli_main(argv) == 0
     assert "already there: 1" in capsys.readouterr().out

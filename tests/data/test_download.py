@@ -101,13 +101,13 @@ def args_for(server: LocalServer, dest: Path, **kw) -> Args:
 
 
 def laid_out(published: dict[str, bytes]) -> dict[str, bytes]:
-    """What data/ should hold afterwards (the seed's layout)."""
+    """What data/ should hold afterwards (the reference's layout)."""
     out = {k: v for k, v in published.items() if k.endswith(".jsonl")}
     out[TRAIN_META] = published["_train_json"]
     return out
 
 
-def test_download_lays_out_the_seed_data_and_resumes(server, published, tmp_path):
+def test_download_lays_out_the_reference_data_and_resumes(server, published, tmp_path):
     dest = tmp_path / "data"
     results = download_data(args_for(server, dest))
     assert [(r.path, r.status) for r in results] == [

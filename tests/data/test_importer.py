@@ -1,4 +1,4 @@
-"""`lavic import-catalogue`: a user's product table and pictures -> the seed's catalogue layout.
+"""`lavic import-catalogue`: a user's product table and pictures -> the reference's layout.
 
 Checked on a small CSV with bad rows, a missing image, a 16-bit PNG, a palette PNG, WebP and a
 URL served by a local 127.0.0.1 server: what is written (and only inside the output folder),
@@ -52,7 +52,7 @@ def _argv(table, out, *extra):
     ]
 
 
-def test_lenient_import_writes_the_seed_layout_and_counts_what_it_skipped(
+def test_lenient_import_writes_the_reference_layout_and_counts_what_it_skipped(
     table, server, tmp_path, capsys
 ):
     out = tmp_path / "catalogue"

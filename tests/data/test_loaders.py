@@ -1,4 +1,5 @@
-"""Loaders of the seed's formats: records, one-line errors naming file/line/problem, lenient mode."""
+"""Loaders of the reference's formats: records, one-line errors naming file/line/problem,
+lenient mode."""
 
 from __future__ import annotations
 
@@ -397,7 +398,7 @@ def test_bad_valid_meta_line(tmp_path, capsys, make_jsonl, case):
     _assert_one_line_cli_error(argv, capsys, f"{path}:2:", problem)
 
 
-def test_valid_meta_accepts_any_file_name_and_takes_the_id_from_the_seed_form_only(
+def test_valid_meta_accepts_any_file_name_and_takes_the_id_from_the_reference_form_only(
     tmp_path, make_jsonl
 ):
     from PIL import Image
@@ -411,7 +412,7 @@ def test_valid_meta_accepts_any_file_name_and_takes_the_id_from_the_seed_form_on
         # An explicit item_id groups images whose names say nothing about their item.
         {"title": "Lamp", "image_name": "lamp front.webp", "item_id": "LAMP1"},
         {"image_name": "lamp_side.JPG", "item_id": "LAMP1"},
-        {"title": "Not a seed name", "image_name": "photo_2.jpeg"},
+        {"title": "Not a reference name", "image_name": "photo_2.jpeg"},
     ]
     path = _write(tmp_path / "item2meta_valid.jsonl", make_jsonl(*lines))
     meta = load_item_meta(path)

@@ -1,4 +1,4 @@
-"""The synthetic catalogue: the seed's layout, determinism, anyres variety, and the properties
+"""The synthetic catalogue: the reference's layout, determinism, anyres variety, and the properties
 the demo relies on (text alone is at chance, descriptions reach the ceiling, test items are cold).
 
 Files are read back with plain ``json`` and with ``lavic.data.loaders``. Catalogues here are

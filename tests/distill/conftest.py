@@ -1,4 +1,4 @@
-"""A tiny on-disk catalogue in the seed's two metadata formats, with broken images."""
+"""A tiny on-disk catalogue in the reference's two metadata formats, with broken images."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`lavic describe`: the seed's formats in and out, unreadable images skipped and counted,
+"""`lavic describe`: the reference's formats in and out, unreadable images skipped and counted,
 batched generation equal to one-at-a-time, and resuming an interrupted run."""
 
 from __future__ import annotations

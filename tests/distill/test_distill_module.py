@@ -15,10 +15,10 @@ from lavic.artifacts import write_artifact
 from lavic.constants import IGNORE_INDEX, ITEM_TOKENS, ITEM_TOKENS_TEXT
 from lavic.data.records import DescribedImage
 from lavic.distill import module as dm
-from lavic.distill.train import Args, wrap_with_vision_lora
+from lavic.distill.train import Args
 from lavic.model.backbone import load_backbone, unwrap
 from lavic.model.item_tokens import encode_item_tokens, insert_item_tokens
-from lavic.model.lora import vision_lora_targets
+from lavic.model.lora import add_vision_lora, vision_lora_targets
 from lavic.model.tiny_random import build_tiny_random
 from lavic.training import sampler as sm
 from lavic.training.module import clean_param_name
@@ -49,7 +49,7 @@ def wrapped():
     backbone = build_tiny_random()
     targets = vision_lora_targets(backbone.model)
     shapes = {n: m for n, m in unwrap(backbone.model).named_modules() if n in targets}
-    peft_model = wrap_with_vision_lora(
+    peft_model = add_vision_lora(
         backbone.model, r=R, alpha=ALPHA, dropout=0.0, base_model="tiny-random"
     )
     return backbone, peft_model, shapes

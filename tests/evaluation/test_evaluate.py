@@ -1,5 +1,6 @@
-"""The evaluator end to end with tiny-random on a seed-layout dataset written here, the seed's
-output files, the baselines, a tuned artefact, the CLI, and the real published conversations."""
+"""The evaluator end to end with tiny-random on a reference-layout dataset written here: the
+reference's output files, the baselines, a tuned artefact, the CLI, and the real published
+conversations."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from PIL import Image
 
 from lavic.cli import main
 from lavic.evaluation.evaluate import (
-    SEED_SUMMARY_COLUMNS,
+    REFERENCE_SUMMARY_COLUMNS,
     SUMMARY_COLUMNS,
     append_summary,
     evaluate_split,
@@ -142,8 +143,8 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
-def seed_recall(predictions, gts) -> float:
-    """The seed's loop, verbatim in spirit: hits over every gt item."""
+def reference_recall(predictions, gts) -> float:
+    """The reference's loop, verbatim in spirit: hits over every gt item."""
     hits = total = 0
     for rec, gt_items in zip(predictions, gts, strict=True):
         for gt in gt_items:
@@ -152,14 +153,14 @@ def seed_recall(predictions, gts) -> float:
     return hits / total
 
 
-def test_evaluate_split_writes_the_seed_files_and_metrics(dataset, tmp_path):
+def test_evaluate_split_writes_the_reference_files_and_metrics(dataset, tmp_path):
     out = tmp_path / "out"
     metrics = run_eval(dataset, out, text_only_baseline=True, batch_size=2)
 
     assert set(metrics) >= EXPECTED_KEYS
     assert list(metrics["methods"]) == ["random", "retriever-first", "text-only", "LaViC"]
     assert metrics["num_conversations"] == 3 and metrics["num_gt_items"] == 4
-    # ceiling: conversations 1 and 3 can be hit, over 4 gt items (the seed's denominator)
+    # ceiling: conversations 1 and 3 can be hit, over 4 gt items (the reference's denominator)
     assert metrics["recall@1_ceiling"] == pytest.approx(2 / 4)
     retriever = metrics["methods"]["retriever-first"]
     assert retriever["recall@1"] == pytest.approx(2 / 4)  # B000000001 and 0060188782 hit
@@ -176,7 +177,7 @@ def test_evaluate_split_writes_the_seed_files_and_metrics(dataset, tmp_path):
     assert metrics["truncated_conversations"] == 0
     assert metrics["throughput_conversations_per_s"] > 0
 
-    # results jsonl: the original fields + the seed's recommended_/response_ keys + ranking
+    # results jsonl: the original fields + the reference's recommended_/response_ keys + ranking
     entries = read_jsonl(out / "test_results_candidates_st.jsonl")
     assert len(entries) == 3
     for entry, conv in zip(entries, CONVERSATIONS, strict=True):
@@ -188,15 +189,15 @@ def test_evaluate_split_writes_the_seed_files_and_metrics(dataset, tmp_path):
         assert entry["scores_st"] == sorted(entry["scores_st"], reverse=True)
     predictions = [e["recommended_st"] for e in entries]
     assert metrics["recall@1"] == pytest.approx(
-        seed_recall(predictions, [c["gt_items"] for c in CONVERSATIONS])
+        reference_recall(predictions, [c["gt_items"] for c in CONVERSATIONS])
     )
     assert metrics["hr@1"] == pytest.approx(metrics["recall@1"])
     assert metrics["validity@1"] == 1.0
 
-    # summary csv: the seed's columns first, then ours; one row
+    # summary csv: the reference's columns first, then ours; one row
     with open(out / "results_summary.csv", newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
-    assert tuple(rows[0])[: len(SEED_SUMMARY_COLUMNS)] == SEED_SUMMARY_COLUMNS
+    assert tuple(rows[0])[: len(REFERENCE_SUMMARY_COLUMNS)] == REFERENCE_SUMMARY_COLUMNS
     assert tuple(rows[0]) == SUMMARY_COLUMNS
     assert len(rows) == 1
     assert float(rows[0]["recall@1"]) == pytest.approx(metrics["recall@1"])
@@ -282,12 +283,12 @@ def test_tuned_artefact_is_loaded_merged_and_its_config_summarised(dataset, tmp_
     assert (row["lr"], row["weight_decay"], row["num_epochs"]) == ("0.0003", "0.01", "5")
 
 
-def test_append_summary_keeps_an_existing_seed_header(tmp_path):
+def test_append_summary_keeps_an_existing_reference_header(tmp_path):
     path = tmp_path / "results_summary.csv"
-    path.write_text(",".join(SEED_SUMMARY_COLUMNS) + "\nold,candidates_st,1,2,3,0.1,0.9,f\n")
+    path.write_text(",".join(REFERENCE_SUMMARY_COLUMNS) + "\nold,candidates_st,1,2,3,0.1,0.9,f\n")
     append_summary(path, {"model_dir": "new", "recall@1": 0.5, "decoding": "score"})
     rows = list(csv.DictReader(path.read_text().splitlines()))
-    assert list(rows[0]) == list(SEED_SUMMARY_COLUMNS)
+    assert list(rows[0]) == list(REFERENCE_SUMMARY_COLUMNS)
     assert [r["model_dir"] for r in rows] == ["old", "new"]
     assert rows[1]["recall@1"] == "0.5"
 

@@ -111,7 +111,7 @@ def full_logprobs(backbone, prompt: str, item_embeds, continuation: list[int]) -
 
 def test_parse_answer_finds_numeric_and_b_ids():
     cands = ["B0012GVT7O", "0060188782", "B07GL3RKRN"]
-    assert parse_answer("0060188782", cands) == "0060188782"  # the seed's regex misses this
+    assert parse_answer("0060188782", cands) == "0060188782"  # the reference's regex misses this
     assert parse_answer(" B07GL3RKRN</s>", cands) == "B07GL3RKRN"
     assert parse_answer("I recommend 0060188782 or B0012GVT7O", cands) == "0060188782"
     assert parse_answer("B0012GVT7O then 0060188782", cands) == "B0012GVT7O"

@@ -22,6 +22,7 @@ from transformers import (
     LlavaNextProcessor,
 )
 
+from lavic.artifacts import read_metrics
 from lavic.constants import ITEM_TOKENS, ITEM_TOKENS_TEXT, NUM_ITEM_TOKENS
 from lavic.errors import LavicError
 from lavic.model import tiny
@@ -89,7 +90,7 @@ def test_shipped_assets_are_small_and_fit_the_model():
     assert set(got) == set(state)
     for key, value in state.items():
         assert torch.equal(got[key], value.float()), key
-    metrics = json.loads((tiny.ASSETS_DIR / tiny.METRICS_FILE).read_text())
+    metrics = read_metrics(tiny.ASSETS_DIR)
     assert metrics["pretrain"]["catalogue_seed"] >= 100  # never a demo / evaluation seed
 
 
@@ -103,7 +104,7 @@ def test_shipped_lm_adapter_is_a_small_safetensors_lora_of_the_language_model():
     assert {v.dtype for v in weights.values()} == {torch.float16}
     config = json.loads((adapter / "adapter_config.json").read_text())
     assert "language_model" in config["target_modules"] and "vision" not in config["target_modules"]
-    record = json.loads((tiny.ASSETS_DIR / tiny.METRICS_FILE).read_text())["instruct"]
+    record = read_metrics(tiny.ASSETS_DIR)["instruct"]
     assert record["config"]["train_seed"] >= 1000 and record["config"]["eval_seed"] >= 1000
 
 

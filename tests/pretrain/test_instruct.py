@@ -122,12 +122,9 @@ def test_saved_adapter_merges_into_the_same_model(tmp_path):
     model, _ = ins.instruct(
         b, _tiny_config(curriculum="2:4", eval_every=100), work_dir=tmp_path / "w"
     )
-    ins.save_adapter(model, tmp_path / "adapter")
+    ins.write_lm_adapter(model, tmp_path / "adapter")
     files = sorted(p.name for p in (tmp_path / "adapter").iterdir())
-    assert files == ["README.md", "adapter_config.json", "adapter_model.safetensors"] or files == [
-        "adapter_config.json",
-        "adapter_model.safetensors",
-    ]
+    assert files == ["adapter_config.json", "adapter_model.safetensors"]
     ids = b.tokenizer("a red mug, please. Assistant:", return_tensors="pt")["input_ids"]
     with torch.no_grad():
         want = model(input_ids=ids).logits

@@ -12,9 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from lavic.artifacts import atomic_directory
 from lavic.cli import main
-from lavic.io import atomic_write_json, current_umask
+from lavic.io import atomic_directory, atomic_write_json, current_umask
 
 
 def _mode(path: Path) -> int:
@@ -54,7 +53,7 @@ def test_files_and_artefact_folders_follow_the_umask(tmp_path, umask, tally):
 def test_an_artefact_is_replaced_in_one_step(tmp_path, monkeypatch, tally):
     """Replacing an artefact exchanges the two folders atomically: at no instant is the path
     absent (two renames would leave a gap where a kill loses both), and the old one goes."""
-    from lavic import artifacts
+    from lavic import io as lavic_io
 
     out = tmp_path / "artefact"
     with atomic_directory(out) as tmp:
@@ -66,7 +65,7 @@ def test_an_artefact_is_replaced_in_one_step(tmp_path, monkeypatch, tally):
         renames.append((str(src), str(dst)))
         return real_replace(src, dst)
 
-    monkeypatch.setattr(artifacts.os, "replace", watching_replace)
+    monkeypatch.setattr(lavic_io.os, "replace", watching_replace)
     with tally.case("fault", "artefact writes", "replace an artefact in one step"):
         with atomic_directory(out) as tmp:
             (tmp / "v").write_text("new")
@@ -79,7 +78,7 @@ def test_an_artefact_is_replaced_in_one_step(tmp_path, monkeypatch, tally):
 def test_a_kill_right_after_the_swap_leaves_the_new_artefact(tmp_path, monkeypatch, tally):
     """Where the process dies after the exchange and before the old folder is deleted, the
     path already holds the new artefact; only a hidden leftover of the old one remains."""
-    from lavic import artifacts
+    from lavic import io as lavic_io
 
     out = tmp_path / "artefact"
     with atomic_directory(out) as tmp:
@@ -88,7 +87,7 @@ def test_a_kill_right_after_the_swap_leaves_the_new_artefact(tmp_path, monkeypat
     def killed(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(artifacts.shutil, "rmtree", killed)
+    monkeypatch.setattr(lavic_io.shutil, "rmtree", killed)
     with tally.case("fault", "artefact writes", "kill between the swap and the clean-up"):
         with pytest.raises(KeyboardInterrupt), atomic_directory(out) as tmp:
             (tmp / "v").write_text("new")
@@ -97,15 +96,31 @@ def test_a_kill_right_after_the_swap_leaves_the_new_artefact(tmp_path, monkeypat
 
 def test_without_the_exchange_the_old_artefact_is_moved_aside(tmp_path, monkeypatch):
     """A filesystem without RENAME_EXCHANGE: the two-rename fallback still replaces it."""
-    from lavic import artifacts
+    from lavic import io as lavic_io
 
-    monkeypatch.setattr(artifacts, "_exchange", lambda a, b: False)
+    monkeypatch.setattr(lavic_io, "_exchange", lambda a, b: False)
     out = tmp_path / "artefact"
     for text in ("old", "new"):
         with atomic_directory(out) as tmp:
             (tmp / "v").write_text(text)
     assert (out / "v").read_text() == "new"
     assert [p.name for p in tmp_path.iterdir()] == ["artefact"]
+
+
+def test_keep_existing_keeps_a_copy_another_process_finished_first(tmp_path):
+    """A shared cache folder: two writers build the same content; the first to finish wins and
+    the other's copy is dropped, never swapped in under a reader."""
+    out = tmp_path / "cache"
+    with atomic_directory(out, keep_existing=True) as tmp:
+        (tmp / "v").write_text("mine")
+        out.mkdir()  # meanwhile another process publishes its copy
+        (out / "v").write_text("theirs")
+    assert (out / "v").read_text() == "theirs"
+    assert [p.name for p in tmp_path.iterdir()] == ["cache"]  # ours is gone
+    with atomic_directory(tmp_path / "fresh", keep_existing=True) as tmp:
+        (tmp / "v").write_text("new")
+    assert (tmp_path / "fresh" / "v").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "fresh"]
 
 
 def test_a_full_disk_is_a_one_line_error(tmp_path, monkeypatch, capsys, tally):

@@ -117,7 +117,7 @@ def draw_item(colour: tuple[int, int, int], shape: str, size: int = 96) -> Image
 
 
 def write_catalogue(root: Path, items=ITEMS) -> tuple[Path, Path]:
-    """``item2meta.json`` (the seed's train-dict format) and ``images/<item>_0.jpg``."""
+    """``item2meta.json`` (the reference's train-dict format) and ``images/<item>_0.jpg``."""
     image_dir = root / "images"
     image_dir.mkdir(parents=True, exist_ok=True)
     meta = {}

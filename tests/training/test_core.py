@@ -11,14 +11,14 @@ import torch
 
 from lavic.config import LoRAArgs, TrainerArgs
 from lavic.errors import LavicError
-from lavic.model.lora import language_lora_targets, vision_lora_targets
+from lavic.model.lora import add_lora, language_lora_targets, vision_lora_targets
 from lavic.model.tiny_random import build_tiny_random
-from lavic.training.lora import add_lora
-from lavic.training.resume import check_trainable_state, checkpoint_to_resume
+from lavic.training.resume import check_trainable_state, checkpoint_to_resume, peek_checkpoint
 from lavic.training.trainer import (
     EpochCheckpoint,
     SaveAtMaxSteps,
     StepCheckpoint,
+    atomic_checkpoint_io,
     checkpoint_callbacks,
     parse_devices,
 )
@@ -111,6 +111,37 @@ def test_resume_rule(tmp_path, caplog):
         checkpoint_to_resume(ckpt, resume=True)
 
 
+def test_peek_checkpoint_reads_epoch_and_step_without_code(tmp_path):
+    ckpt = tmp_path / "last.ckpt"
+    torch.save({"epoch": 2, "global_step": 11, "state_dict": {}}, ckpt)
+    assert peek_checkpoint(ckpt) == (2, 11)
+    torch.save([1, 2], ckpt)
+    with pytest.raises(LavicError, match="not a training checkpoint"):
+        peek_checkpoint(ckpt)
+
+
+def test_the_trainer_writes_checkpoints_beside_their_name_then_renames(tmp_path, monkeypatch):
+    """A save that dies half-way leaves the previous last.ckpt whole, and no temporary under
+    the final name (Lightning's own IO copies from $TMPDIR onto the name)."""
+    io = atomic_checkpoint_io()
+    ckpt = tmp_path / "last.ckpt"
+    io.save_checkpoint({"epoch": 1, "global_step": 3}, ckpt)
+    assert peek_checkpoint(ckpt) == (1, 3)
+
+    def dies(obj, handle):
+        handle.write(b"half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", dies)
+    with pytest.raises(KeyboardInterrupt):
+        io.save_checkpoint({"epoch": 2, "global_step": 6}, ckpt)
+    monkeypatch.undo()
+    assert peek_checkpoint(ckpt) == (1, 3)
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+    with pytest.raises(TypeError):
+        io.save_checkpoint({}, ckpt, storage_options={"x": 1})
+
+
 def test_a_checkpoint_of_other_lora_settings_is_refused():
     t = torch.zeros
     check_trainable_state({"a": t(2, 3), "b": t(1)}, {"b": t(1), "a": t(2, 3)})
@@ -170,7 +201,7 @@ def test_stage_args_share_the_groups_with_their_own_defaults():
     defaults = {
         cls: {f.name: f.default for f in dataclasses.fields(cls)} for cls in (DistillArgs, TuneArgs)
     }
-    # The seed's per-stage defaults survive the composition.
+    # The reference's per-stage defaults survive the composition.
     assert defaults[DistillArgs]["num_epochs"] == 5 and defaults[TuneArgs]["num_epochs"] == 1
     assert defaults[DistillArgs]["batch_size"] == 4 and defaults[TuneArgs]["batch_size"] == 1
     assert defaults[DistillArgs]["max_steps"] == -1 and defaults[TuneArgs]["max_steps"] is None

@@ -17,12 +17,11 @@ from lavic.model.backbone import load_backbone, unwrap
 from lavic.model.compute import embed_prompts, target_loss_sums
 from lavic.model.inputs import build_batch
 from lavic.model.item_tokens import encode_item_tokens, pixel_views
-from lavic.model.lora import count_parameters
+from lavic.model.lora import add_language_lora, count_parameters
 from lavic.model.tiny_random import build_tiny_random
 from lavic.prompts import build_recommend_prompt
 from lavic.tune.data import RecommendCollator, RecommendDataset, TuneSample
 from lavic.tune.module import RecommendTuner
-from lavic.tune.train import add_language_lora
 
 from .fixtures import ITEMS, NO_IMAGE
 

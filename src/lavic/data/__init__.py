@@ -1,4 +1,4 @@
-"""Data layer: typed records and validating loaders for the seed's formats, item images,
+"""Data layer: typed records and validating loaders for the reference's formats, item images,
 and the ``check-data`` command.
 
 The common entry points are re-exported here; images live in :mod:`lavic.data.images`

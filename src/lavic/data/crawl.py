@@ -1,6 +1,6 @@
 """``lavic crawl``: download item images concurrently into a checked, reproducible snapshot.
 
-The seed's ``crawl_images.py`` fetched one image at a time, never retried, could leave half a
+The reference's ``crawl_images.py`` fetched one image at a time, never retried, could leave half a
 file under a final name and kept no record. This crawler:
 
 * fetches concurrently (asyncio + httpx) under a global and a per-host limit;
@@ -65,7 +65,7 @@ RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 # Failure reasons worth another attempt (network trouble, not a property of the content).
 RETRYABLE_REASONS = frozenset({"timeout", "connection", "truncated", "protocol_error"})
 
-# With no flags, `lavic crawl` does what the seed's script does.
+# With no flags, `lavic crawl` does what the reference's script does.
 DEFAULT_JOBS: tuple[tuple[Path, Path], ...] = (
     (Path("data/item2meta_train.json"), Path("data/train_images")),
     (Path("data/item2meta_valid.jsonl"), Path("data/valid_images")),
@@ -192,10 +192,10 @@ class ImageTarget:
 
 
 def read_image_targets(path: str | os.PathLike[str]) -> list[ImageTarget]:
-    """Read the image URLs and file names of a seed metadata file.
+    """Read the image URLs and file names of a metadata file in the reference's formats.
 
     The file is read by :func:`lavic.data.loaders.load_item_meta` (strict), the one parser of
-    the seed's formats, so the crawler accepts exactly what the other commands accept. A
+    the reference's formats, so the crawler accepts exactly what the other commands accept. A
     ``.json`` file is ``item2meta_train.json``: image ``k`` of item ``ASIN`` (``images[k].large``)
     becomes ``<ASIN>_<k>.jpg``, an entry without a URL skipped while ``k`` keeps its position.
     A ``.jsonl`` file is ``item2meta_valid.jsonl``: each line's ``image`` (URL; lines without one
@@ -499,7 +499,7 @@ def _inspect_existing(
     """A ``present`` record if ``path`` is a readable image, else None (to be refetched).
 
     A file whose sha256 matches the previous manifest's saved/present record is trusted
-    without decoding; any other file (e.g. left by the seed's crawler) is fully decoded.
+    without decoding; any other file (e.g. left by the reference's crawler) is fully decoded.
     """
     try:
         data = path.read_bytes()
@@ -883,7 +883,7 @@ def _jobs(args: Args) -> list[tuple[Path, Path]]:
 
 
 def run(args: Args) -> int:
-    """Crawl the images of one metadata file (or both seed files); print a summary.
+    """Crawl the images of one metadata file (or both of the reference's); print a summary.
 
     Returns 0, or 1 when ``--strict`` and an image failed, or when nothing at all could be
     fetched (every image failed).

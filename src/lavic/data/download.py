@@ -1,4 +1,4 @@
-"""``lavic download-data``: fetch the published Reddit-Amazon files and lay them out as the seed.
+"""``lavic download-data``: fetch the published Reddit-Amazon files, laid out as the reference.
 
 The files come from the LaViC repository's ``data/`` folder (``--base_url``, by default
 :data:`DEFAULT_BASE_URL`, any server with the same layout will do) and end up under ``--dest``::

@@ -1,11 +1,11 @@
 """Item images: ``IMAGE_DIR/<item>_<k>.jpg``, decoded to RGB, never a crash and never silent.
 
 Any problem (missing file, a name that would leave the image folder, undecodable or
-decompression-bomb-sized data) gives the seed's white 336x336 placeholder and is counted in an
+decompression-bomb-sized data) gives the reference's white 336x336 placeholder and is counted in an
 :class:`ImageStats`, so a run can report how many items were shown without their picture.
 Decodable oddities are normalised: CMYK, 16-bit, palette and greyscale images become RGB,
 transparency is composited onto white (the placeholder's colour, and what product shots assume),
-and animated images give their first frame. EXIF orientation is *not* applied, as in the seed,
+and animated images give their first frame. EXIF orientation is *not* applied, as in the reference,
 so the images match the ones the teacher described.
 """
 
@@ -83,12 +83,12 @@ class ImageStats:
 
 
 def item_image_name(item_id: str, k: int = 0) -> str:
-    """The seed's file name of an item's ``k``-th image; ``_0`` shows the item as a candidate."""
+    """The reference's file name of an item's ``k``-th image; ``_0`` shows it as a candidate."""
     return f"{item_id}_{k}.jpg"
 
 
 def placeholder_image() -> Image.Image:
-    """The seed's stand-in for a missing image: a white 336x336 RGB square."""
+    """The reference's stand-in for a missing image: a white 336x336 RGB square."""
     return Image.new("RGB", PLACEHOLDER_IMAGE_SIZE, WHITE)
 
 

@@ -1,10 +1,10 @@
-"""``lavic import-catalogue``: a product table and its pictures -> the seed's catalogue layout.
+"""``lavic import-catalogue``: a product table and its pictures -> the reference's catalogue layout.
 
 Reads a table (CSV, TSV, JSON lines or Parquet) whose columns are mapped by flags and writes,
 inside ``--output_dir`` only::
 
     OUTPUT_DIR/
-      item2meta_train.json    item id -> {title, images: [...]} (the seed's train metadata)
+      item2meta_train.json    item id -> {title, images: [...]} (the reference's train metadata)
       train_images/<item>_<k>.jpg   image k of each item, RGB JPEG
       train_images/manifest.jsonl   the crawler's record of the images fetched from URLs
       import_report.json      what was read, written, skipped and why
@@ -13,7 +13,7 @@ An image cell holds a URL (``http(s)://``, fetched by the crawler, :mod:`lavic.d
 a path under ``--images_root`` (default: the table's folder); with ``--images_root`` given, a
 path with a leading ``/`` (``/m/b/mb01-blue-0.jpg``, a shop's media path) is read under it too. Several images may share a cell
 (a JSON/Parquet list, or a string split by ``--image_separator``); image ``k`` of an item
-becomes ``<item>_<k>.jpg``, as the seed's crawler names them, and ``<item>_0.jpg`` is the one
+becomes ``<item>_<k>.jpg``, as the reference's crawler names them, and ``<item>_0.jpg`` is the one
 that shows the item as a candidate.
 
 The table is streamed in chunks of ``--chunk_size`` rows (pandas ``read_csv(chunksize=...)``,

@@ -1,4 +1,4 @@
-"""Loaders for exactly the seed's data formats, with one-line ``file:line: problem`` errors.
+"""Loaders for exactly the reference's data formats, with one-line ``file:line: problem`` errors.
 
 Formats (see ``docs/data.md``):
 
@@ -8,7 +8,7 @@ Formats (see ``docs/data.md``):
 * ``item2meta_train.json``: one JSON object, item id -> ``{title, images: [{large, ...}],
   image_descriptions_llava_cleaned: {image_name: text}, ...}``;
 * ``item2meta_valid.jsonl``: one image per line: ``title``, ``image_name`` (any file name; the
-  seed's are ``<item>_<k>.jpg``, which gives the item id), ``image`` (URL),
+  reference's are ``<item>_<k>.jpg``, which gives the item id), ``image`` (URL),
   ``image_description_llava_cleaned``, and optionally ``item_id``.
 
 Strict mode (the default) raises :class:`lavic.errors.DataError` on the first bad record.
@@ -44,7 +44,7 @@ logger = logging.getLogger(__name__)
 
 SPLITS: tuple[str, ...] = ("train", "valid", "test")
 
-# `B08LYS9WYD_4.jpg` -> item `B08LYS9WYD`, index 4 (the seed's crawler names files this way).
+# `B08LYS9WYD_4.jpg` -> item `B08LYS9WYD`, index 4 (the reference's crawler names files this way).
 IMAGE_NAME_RE = re.compile(r"^(?P<item>.+)_(?P<index>\d+)\.jpg$", re.IGNORECASE)
 
 _WHITESPACE = re.compile(r"[ \t\n\r]*")
@@ -407,7 +407,7 @@ def _train_item(item_id: str, value: Any) -> ItemMeta:
             images = []
         if not isinstance(images, list):
             raise _BadRecord(f"key 'images' must be a list, got {_json_kind(images)}")
-        # The seed's crawler saves images[k]["large"] as `<item>_<k>.jpg`, k counting every
+        # The reference's crawler saves images[k]["large"] as `<item>_<k>.jpg`, k counting every
         # entry (also those without a URL), so the names follow the list positions.
         names = [f"{item_id}_{k}.jpg" for k in range(len(images))]
         urls: dict[str, str] = {}
@@ -570,9 +570,9 @@ def _is_plain_file_name(name: str) -> bool:
 def _valid_item_id(image_name: str, item_id: Any = None) -> str:
     """The item an ``item2meta_valid.jsonl`` line belongs to.
 
-    An ``item_id`` key on the line (optional; the seed's files have none) wins. Otherwise a name
-    of the seed's form ``<item>_<k>.jpg`` gives ``<item>``; any other name (``mug-red.png``) is
-    an item of its own, identified by the name itself. A name that is a path (``../x.jpg``,
+    An ``item_id`` key on the line (optional; the reference's files have none) wins. Otherwise
+    a name of the reference's form ``<item>_<k>.jpg`` gives ``<item>``; any other name
+    (``mug-red.png``) is an item of its own, identified by the name itself. A name that is a path (``../x.jpg``,
     ``a/b.jpg``) is refused by the loader before this; readers still join names onto their
     folder with :func:`lavic.io.safe_join` (a link out of the folder is refused there).
 
@@ -701,7 +701,7 @@ def described_images(meta: dict[str, ItemMeta]) -> list[DescribedImage]:
 
 
 def item_title(meta: dict[str, ItemMeta], item_id: str) -> str:
-    """The item's title, or ``MISSING_TITLE`` (the seed's fallback) when it has none."""
+    """The item's title, or ``MISSING_TITLE`` (the reference's fallback) when it has none."""
     item = meta.get(item_id)
     return item.title if item is not None and item.title is not None else MISSING_TITLE
 

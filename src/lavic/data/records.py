@@ -1,4 +1,4 @@
-"""Typed records for the seed's data files: conversations, item metadata, stage-1 samples.
+"""Typed records for the reference's data files: conversations, item metadata, stage-1 samples.
 
 The loaders in :mod:`lavic.data.loaders` build these from the JSON files and validate every
 field, so code downstream can rely on the types below without checking again.
@@ -25,7 +25,7 @@ class Conversation:
         context_items: Item ids mentioned in the context.
         gt: The comment that recommended the ground-truth item(s), verbatim.
         gt_items: Ground-truth item ids, in file order; may repeat an id (the published data
-            does when a comment links the same product twice), which the seed's Recall@1
+            does when a comment links the same product twice), which the reference's Recall@1
             counts twice.
         candidates: Candidate id lists keyed by the full JSON key, e.g. ``"candidates_st"``.
         source: The file the record came from.

@@ -1,6 +1,6 @@
 """Stage 1 pieces: the image dataset, the collators and the LightningModule.
 
-The student reads the seed's distillation prompt with the five item tokens replaced by the
+The student reads the reference's distillation prompt with the five item tokens replaced by the
 item's visual tokens (5 views -> vision tower [CLS] -> projector) and is trained to reproduce
 the teacher's description. The teacher is the same base model reading the full image tokens
 through the ordinary LLaVA-NeXT path (``<image>`` expanded by the processor).

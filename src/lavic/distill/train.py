@@ -33,13 +33,11 @@ log = logging.getLogger(__name__)
 
 BEST_DIR = "vision_lora_adapter_best"
 MERGED_DIR = "merged"
-# The vision side: the only place a stage-1 parameter may train.
-VISION_MODULES = (".vision_tower.", ".multi_modal_projector.")
 
 
 @dataclass(kw_only=True)
 class Args(TrainerArgs, LoRAArgs):
-    """Options of ``lavic distill`` (the seed's flags and defaults, plus LaViC's)."""
+    """Options of ``lavic distill`` (the reference's flags and defaults, plus LaViC's)."""
 
     train_data: Path = field(
         metadata={"help": "training item metadata: item2meta_train.json (.json) or .jsonl"}
@@ -57,7 +55,7 @@ class Args(TrainerArgs, LoRAArgs):
         default=Path("out_distilled"),
         metadata={"help": "run folder: checkpoints/, vision_lora_adapter_best/, metrics.json"},
     )
-    # The seed's stage-1 defaults where they differ from the shared group's.
+    # The reference's stage-1 defaults where they differ from the shared group's.
     max_steps: int | None = override(TrainerArgs, "max_steps", -1)
     checkpoint_every_n_steps: int | None = override(TrainerArgs, "checkpoint_every_n_steps", 100)
     max_length: int = field(
@@ -127,26 +125,6 @@ def _load_samples(path: Path, *, lenient: bool, limit: int | None, what: str):
     return meta, samples, report
 
 
-def wrap_with_vision_lora(model, *, r: int, alpha: int, dropout: float, base_model: str):
-    """LoRA on every linear layer of the vision tower and projector; everything else frozen.
-
-    Returns:
-        The ``PeftModel``. Raises if any parameter outside those LoRA layers would train.
-    """
-    from lavic.model.lora import vision_lora_targets
-    from lavic.training.lora import add_lora
-
-    return add_lora(
-        model,
-        vision_lora_targets(model),
-        r=r,
-        alpha=alpha,
-        dropout=dropout,
-        trainable_under=VISION_MODULES,
-        base_model=base_model,
-    )
-
-
 # ---------------------------------------------------------------------------------- run
 
 
@@ -154,7 +132,7 @@ def run(args: Args) -> int:
     """Train the vision LoRA; write the best artefact, metrics and (optionally) the merged model."""
     import lightning as L
 
-    from lavic.artifacts import read_artifact_info, read_metrics, write_artifact
+    from lavic.artifacts import read_artifact_info, read_metrics, write_artifact, write_metrics
     from lavic.distill.module import (
         DescribedImageDataset,
         DistillModule,
@@ -162,9 +140,8 @@ def run(args: Args) -> int:
         StudentCollator,
         TeacherCollator,
     )
-    from lavic.io import atomic_write_json
     from lavic.model.backbone import load_backbone, unwrap
-    from lavic.model.lora import count_parameters
+    from lavic.model.lora import add_vision_lora, count_parameters
     from lavic.model.tiny import warn_if_off_domain
     from lavic.precision import check_on_loader, resolve_precision
     from lavic.training.resume import checkpoint_to_resume
@@ -200,7 +177,7 @@ def run(args: Args) -> int:
         backbone.model.gradient_checkpointing_enable(
             gradient_checkpointing_kwargs={"use_reentrant": False}
         )
-    peft_model = wrap_with_vision_lora(
+    peft_model = add_vision_lora(
         backbone.model,
         r=args.lora_r,
         alpha=args.lora_alpha,
@@ -337,8 +314,8 @@ def run(args: Args) -> int:
     }
     # The adapter, tokenizer, processor and config are already in place: replacing the one
     # file (atomically) keeps the artefact whole.
-    atomic_write_json(best_dir / "metrics.json", {**metrics, "best": best, "final": True})
-    atomic_write_json(output_dir / "metrics.json", metrics)
+    write_metrics(best_dir, {**metrics, "best": best, "final": True})
+    write_metrics(output_dir, metrics)
     log.info(
         "validation perplexity: before %.3f, best %.3f (epoch %d), teacher %s",
         metrics["val_ppl_before"],
@@ -358,7 +335,7 @@ def run(args: Args) -> int:
         )
 
     if args.merge:
-        from lavic.artifacts import atomic_directory
+        from lavic.io import atomic_directory
 
         # Rebuilt from the artefact alone (base + merged adapter), whatever wraps the live model.
         merged = load_backbone(best_dir)

@@ -1,12 +1,12 @@
 """``lavic evaluate``: answer every conversation of a split with a model, score it against
-baselines and write the seed's result files (:mod:`lavic.evaluation.results`).
+baselines and write the reference's result files (:mod:`lavic.evaluation.results`).
 
 The model is a tune artefact, or, for the zero-shot row, a distill artefact or a backbone as it
 is (``--model_dir tiny``; with ``--no_images`` that measures the language model's text skill);
 see :mod:`lavic.model.inference`.
 
 Outputs in ``OUTPUT_DIR``: ``<split>_results_<candidate_type>.jsonl``, ``results_summary.csv``,
-``metrics.json`` (under ``evaluation.<split>_<candidate_type>``: Recall@1 (the seed's
+``metrics.json`` (under ``evaluation.<split>_<candidate_type>``: Recall@1 (the reference's
 definition), Validity@1, the Recall@1 ceiling, HR@k / MRR / NDCG@k, counts of truncated prompts
 and missing titles and images, throughput, and the same metrics for the baselines) and
 ``recall_at_1_<split>_<candidate_type>.png``, the comparison as a bar plot.
@@ -26,20 +26,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from tqdm import tqdm
 
-from lavic.config import InferenceArgs
+from lavic.config import InferenceArgs, RecommendDataArgs
 from lavic.data.images import ImageStats, item_image_name, placeholder_image, read_image
 from lavic.data.loaders import item_title, items_without_title, load_item_meta, load_split
 from lavic.data.records import Conversation, ItemMeta, LoadReport
 from lavic.errors import LavicError
-from lavic.evaluation.report import format_table, write_plot
+from lavic.evaluation.comparison import format_table, write_plot
 from lavic.evaluation.results import (
-    METRICS_FILE,
-    SEED_SUMMARY_COLUMNS,
+    REFERENCE_SUMMARY_COLUMNS,
     SUMMARY_COLUMNS,
     SUMMARY_FILE,
     append_summary,
@@ -66,25 +65,12 @@ from lavic.prompts import build_recommend_prompt
 logger = logging.getLogger(__name__)
 
 RANK_KS: tuple[int, ...] = (1, 3, 5, 10)
-# What a training run hands on to the evaluation of its own artefact: options of the same name
-# and meaning (see Args.following).
-RUN_OPTIONS: tuple[str, ...] = (
-    "data_dir",
-    "category",
-    "candidate_type",
-    "item_meta_path",
-    "image_dir",
-    "decoding",
-    "no_images",
-    "max_length",
-    "batch_size",
-    "lenient",
-)
 
 
 @dataclass(kw_only=True)
-class Args(InferenceArgs):
-    """Options of ``lavic evaluate``."""
+class Args(RecommendDataArgs, InferenceArgs):
+    """Options of ``lavic evaluate``: the data and prompt options (:class:`RecommendDataArgs`),
+    where the model answers (:class:`InferenceArgs`), and its own."""
 
     model_dir: Path = field(
         metadata={
@@ -93,28 +79,8 @@ class Args(InferenceArgs):
             "backbone name evaluates zero-shot"
         }
     )
-    data_dir: Path = field(metadata={"help": "dataset root holding <category>/<split>.jsonl"})
-    category: str = field(metadata={"help": "domain subdirectory, e.g. all_beauty"})
-    item_meta_path: Path = field(metadata={"help": "item metadata (titles): item2meta_*.json[l]"})
     output_dir: Path = field(metadata={"help": "where the result files are written"})
-    candidate_type: str = field(
-        default="candidates_st", metadata={"help": "candidate list key, e.g. candidates_st"}
-    )
     split: str = field(default="test", metadata={"help": "split to evaluate: valid or test"})
-    image_dir: Path | None = field(
-        default=None, metadata={"help": "item images <item>_0.jpg (missing: placeholder, counted)"}
-    )
-    decoding: Literal["score", "constrained", "generate"] = field(
-        default="score",
-        metadata={
-            "help": "score: rank candidates by likelihood; constrained: "
-            "greedy over candidate IDs; generate: the seed's free "
-            "greedy text + ID parsing"
-        },
-    )
-    no_images: bool = field(
-        default=False, metadata={"help": "text-only prompt (no item tokens) for the model"}
-    )
     text_only_model_dir: Path | None = field(
         default=None, metadata={"help": "a text-only tuned model run as the text-only baseline"}
     )
@@ -133,7 +99,6 @@ class Args(InferenceArgs):
             "the teacher's) after the title: what the images can tell, as text (a third pass)"
         },
     )
-    max_length: int = field(default=2048, metadata={"help": "token budget of prompt + answer"})
     batch_size: int = field(default=1, metadata={"help": "conversations per forward"})
     max_new_tokens: int | None = field(
         default=None,
@@ -145,7 +110,6 @@ class Args(InferenceArgs):
     cache_dir: Path | None = field(
         default=None, metadata={"help": "item visual-token cache folder (reused across runs)"}
     )
-    lenient: bool = field(default=False, metadata={"help": "skip bad records (counted)"})
     limit: int | None = field(
         default=None, metadata={"help": "evaluate only the first N conversations"}
     )
@@ -161,10 +125,11 @@ class Args(InferenceArgs):
             raise ValueError(f"--decoding must be one of {DECODINGS}")
 
     @classmethod
-    def following(cls, run_config: Any, **values: Any) -> Args:
-        """The evaluation of a training run's artefact: the run's :data:`RUN_OPTIONS`, plus
-        ``values`` (``model_dir``, ``output_dir``, ``split``, ...)."""
-        return cls(**{name: getattr(run_config, name) for name in RUN_OPTIONS}, **values)
+    def following(cls, run_config: RecommendDataArgs, **values: Any) -> Args:
+        """The evaluation of a training run's artefact: the run's :class:`RecommendDataArgs`
+        options, plus ``values`` (``model_dir``, ``output_dir``, ``split``, ``batch_size``,
+        ...)."""
+        return cls(**{**RecommendDataArgs.values_of(run_config), **values})
 
 
 def run(args: Args) -> int:
@@ -634,7 +599,7 @@ class Evaluator:
             "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
         }
         write_plot(metrics, plot_path)
-        update_metrics_file(output_dir / METRICS_FILE, f"{a.split}_{a.candidate_type}", metrics)
+        update_metrics_file(output_dir, f"{a.split}_{a.candidate_type}", metrics)
         append_summary(
             output_dir / SUMMARY_FILE,
             summary_row(metrics, training_hyperparameters(artefact, train_info)),
@@ -676,9 +641,7 @@ __all__ = [
     "Args",
     "EvalData",
     "Evaluator",
-    "METRICS_FILE",
-    "RUN_OPTIONS",
-    "SEED_SUMMARY_COLUMNS",
+    "REFERENCE_SUMMARY_COLUMNS",
     "SUMMARY_COLUMNS",
     "SUMMARY_FILE",
     "append_summary",

@@ -1,10 +1,10 @@
-"""The evaluation's files: the seed's results JSONL, the summary CSV and ``metrics.json``.
+"""The evaluation's files: the reference's results JSONL, the summary CSV and ``metrics.json``.
 
 * ``<split>_results_<candidate_type>.jsonl``: each conversation's original JSON fields plus
   ``recommended_<key>`` and ``response_<key>`` (``key`` = candidate type without
-  ``candidates_``), as the seed writes them, and ``ranking_<key>`` / ``scores_<key>`` when the
+  ``candidates_``), as the reference writes them, and ``ranking_<key>`` / ``scores_<key>`` when the
   decoding ranks every candidate;
-* ``results_summary.csv``: one row appended per evaluation (:data:`SUMMARY_COLUMNS`, the seed's
+* ``results_summary.csv``: one row appended per evaluation (:data:`SUMMARY_COLUMNS`, the reference's
   columns first);
 * ``metrics.json``: each evaluation under ``evaluation.<split>_<candidate_type>``, the rest of
   the file (a training run's metrics) kept.
@@ -22,18 +22,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from lavic.artifacts import read_config, read_metrics, write_metrics
 from lavic.data.records import CANDIDATES_PREFIX, Conversation
-from lavic.io import atomic_open, atomic_write_json
+from lavic.errors import LavicError
+from lavic.io import atomic_open
 from lavic.model.decoding import Decoded
 
 logger = logging.getLogger(__name__)
 
 SUMMARY_FILE = "results_summary.csv"
-METRICS_FILE = "metrics.json"
-# The seed's columns first, in its order; then ours.
-SEED_SUMMARY_COLUMNS: tuple[str, ...] = (
+# The reference's columns first, in its order; then ours.
+REFERENCE_SUMMARY_COLUMNS: tuple[str, ...] = (
     "model_dir",
     "candidate_type",
     "lr",
@@ -43,7 +42,7 @@ SEED_SUMMARY_COLUMNS: tuple[str, ...] = (
     "validity@1",
     "output_file",
 )
-SUMMARY_COLUMNS: tuple[str, ...] = SEED_SUMMARY_COLUMNS + (
+SUMMARY_COLUMNS: tuple[str, ...] = REFERENCE_SUMMARY_COLUMNS + (
     "recall@1_ceiling",
     "mrr",
     "hr@5",
@@ -54,12 +53,12 @@ SUMMARY_COLUMNS: tuple[str, ...] = SEED_SUMMARY_COLUMNS + (
     "num_conversations",
     "timestamp",
 )
-# Training hyperparameters of the summary row (the seed's columns), from the run or its config.
+# Training hyperparameters of the summary row (the reference's columns), from the run or its config.
 HYPERPARAMETERS: tuple[str, ...] = ("lr", "weight_decay", "num_epochs")
 
 
 def answer_key(candidate_type: str) -> str:
-    """``candidates_st`` -> ``st`` (the seed's suffix of ``recommended_`` / ``response_``)."""
+    """``candidates_st`` -> ``st`` (the reference's suffix of ``recommended_`` / ``response_``)."""
     return candidate_type.removeprefix(CANDIDATES_PREFIX)
 
 
@@ -73,8 +72,8 @@ def write_results(
     decoded: Sequence[Decoded],
     candidate_type: str,
 ) -> None:
-    """The seed's results file: each original record + ``recommended_<key>``, ``response_<key>``
-    (+ ``ranking_<key>``, ``scores_<key>`` when ranked)."""
+    """The reference's results file: each original record + ``recommended_<key>``,
+    ``response_<key>`` (+ ``ranking_<key>``, ``scores_<key>`` when ranked)."""
     key = answer_key(candidate_type)
     with atomic_open(path, "w", encoding="utf-8") as handle:
         for conv, d in zip(conversations, decoded, strict=True):
@@ -94,19 +93,9 @@ def training_hyperparameters(artefact: Path, train_info: dict | None) -> dict[st
     found: dict[str, Any] = {}
     if train_info:
         found.update({k: train_info[k] for k in keys if k in train_info})
-    for folder in (artefact, artefact.parent):
-        config = folder / "config.yaml"
-        if len(found) == len(keys) or not config.is_file():
-            continue
-        try:
-            data = yaml.safe_load(config.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-            logger.warning("%s: unreadable (%s); hyperparameters left blank", config, exc)
-            continue
-        if isinstance(data, dict):
-            for k in keys:
-                if k in data and k not in found:
-                    found[k] = data[k]
+    if len(found) < len(keys):
+        config = read_config(artefact, parent=True)
+        found.update({k: config[k] for k in keys if k in config and k not in found})
     return {k: found.get(k, "") for k in keys}
 
 
@@ -132,22 +121,20 @@ def append_summary(path: Path, row: dict[str, Any]) -> None:
         handle.write(existing + buffer.getvalue())
 
 
-def update_metrics_file(path: Path, name: str, metrics: dict[str, Any]) -> None:
-    """Store ``metrics`` under ``evaluation.<name>`` of ``metrics.json``, keeping the rest."""
-    data: dict[str, Any] = {}
-    if path.is_file():
-        try:
-            loaded = json.loads(path.read_text(encoding="utf-8"))
-            if isinstance(loaded, dict):
-                data = loaded
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            logger.warning("%s: unreadable (%s); rewriting it", path, exc)
+def update_metrics_file(folder: Path, name: str, metrics: dict[str, Any]) -> None:
+    """Store ``metrics`` under ``evaluation.<name>`` of ``folder``'s ``metrics.json``, keeping
+    the rest."""
+    try:
+        data = read_metrics(folder) or {}
+    except LavicError as exc:
+        logger.warning("%s; rewriting it", exc)
+        data = {}
     evaluation = data.get("evaluation")
     if not isinstance(evaluation, dict):
         evaluation = {}
     evaluation[name] = metrics
     data["evaluation"] = evaluation
-    atomic_write_json(path, data)
+    write_metrics(folder, data)
 
 
 def summary_row(metrics: dict[str, Any], hyperparameters: dict[str, Any]) -> dict[str, Any]:
@@ -159,8 +146,7 @@ def summary_row(metrics: dict[str, Any], hyperparameters: dict[str, Any]) -> dic
 
 __all__ = [
     "HYPERPARAMETERS",
-    "METRICS_FILE",
-    "SEED_SUMMARY_COLUMNS",
+    "REFERENCE_SUMMARY_COLUMNS",
     "SUMMARY_COLUMNS",
     "SUMMARY_FILE",
     "answer_key",

@@ -163,7 +163,7 @@ def load_backbone(
         last = i == len(lineage) - 1
         # Spelled out: tests/robustness/test_loading.py checks that every from_pretrained of an
         # adapter follows a check for exactly this file (no pickled adapter_model.bin).
-        if not (adapter_dir / "adapter_model.safetensors").is_file():
+        if not (adapter_dir / ADAPTER_WEIGHTS).is_file():
             raise LavicError(
                 f"{adapter_dir}: no adapter_model.safetensors (only safetensors "
                 "adapters are loaded)"

@@ -1,7 +1,7 @@
 """Turning a recommendation prompt into an answer: ``generate``, ``constrained`` or ``score``.
 
-* ``generate`` — the seed's greedy decoding of a few new tokens, then the answer is the first
-  candidate ID found in the text (the seed's regex ``B[A-Z0-9]{9}`` could never return the
+* ``generate`` — the reference's greedy decoding of a few new tokens, then the answer is the first
+  candidate ID found in the text (the reference's regex ``B[A-Z0-9]{9}`` could never return the
   numeric ISBN-style IDs, e.g. ``0060188782``, that real candidate lists hold). May be invalid.
 * ``constrained`` — greedy decoding where each step may only continue one of the candidates'
   token sequences (a prefix trie over ``ID tokens + EOS``): always a candidate.
@@ -43,10 +43,10 @@ logger = logging.getLogger(__name__)
 Decoding = Literal["generate", "constrained", "score"]
 DECODINGS: tuple[str, ...] = ("generate", "constrained", "score")
 
-# The seed generated this many new tokens. Mistral's tokenizer spells digits one token each, so
+# The reference implementation generated this many new tokens. Mistral's tokenizer spells digits one token each, so
 # a 10-digit ID is 11 tokens (with its leading "▁"): ``generate`` therefore allows at least the
-# longest candidate's answer length, never fewer than the seed's 10.
-SEED_MAX_NEW_TOKENS = 10
+# longest candidate's answer length, never fewer than the reference's 10.
+REFERENCE_MAX_NEW_TOKENS = 10
 
 # The fallback for an answer that names no candidate: something shaped like an Amazon ID
 # (ASIN or ISBN-10), recorded as an invalid prediction rather than dropped.
@@ -598,7 +598,7 @@ def decode_batch(
         candidates: each conversation's candidate IDs (prompt order).
         decoding: the method.
         max_new_tokens: ``generate``'s budget; default: the longest candidate answer's token
-            count, at least the seed's 10.
+            count, at least the reference's 10.
         suppress_ids: tokens ``generate`` may never produce (the five item tokens).
     """
     if decoding == "score":
@@ -615,7 +615,7 @@ def decode_batch(
     if decoding == "generate":
         if max_new_tokens is None:
             longest = max(len(answer_token_ids(tokenizer, c)) for cs in candidates for c in cs)
-            max_new_tokens = max(SEED_MAX_NEW_TOKENS, longest)
+            max_new_tokens = max(REFERENCE_MAX_NEW_TOKENS, longest)
         answers = generate_answers(
             model, tokenizer, batch, max_new_tokens=max_new_tokens, suppress_ids=suppress_ids
         )

@@ -64,7 +64,7 @@ def weights_dtype_for(device: torch.device, dtype: str) -> torch.dtype | None:
 def probe_bf16(backbone: Backbone) -> CheckResult:
     """Compare float32 and CPU bf16 autocast on a fixed text-only recommendation prompt.
 
-    The probe is the seed's prompt with three made-up candidates; the "picks" are the argmax
+    The probe is the reference's prompt with three made-up candidates; the "picks" are the argmax
     next tokens at every position, the loss the prompt's own next-token NLL.
     """
     from lavic.model.compute import prompt_logits

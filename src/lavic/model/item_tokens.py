@@ -47,7 +47,7 @@ def encode_item_tokens(llava, pixel_values: torch.Tensor) -> torch.Tensor:
 
     Returns:
         ``(N, 5, D)``: the projector applied to the vision tower's last-layer [CLS] state of
-        each view (the seed's choice of layer).
+        each view (the reference's choice of layer).
     """
     core = llava.model
     n, v = pixel_values.shape[:2]

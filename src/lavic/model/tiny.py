@@ -16,7 +16,6 @@ follow the recommendation prompt and copy a candidate's ID; SmolLM2 can (see ``d
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -24,14 +23,14 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 from transformers import (
     CLIPVisionConfig,
     LlamaConfig,
@@ -43,10 +42,10 @@ from transformers.models.llava_next.image_processing_pil_llava_next import (
     LlavaNextImageProcessorPil,
 )
 
-from lavic.artifacts import ADAPTER_WEIGHTS
+from lavic.artifacts import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 from lavic.data.loaders import is_synthetic_catalogue
 from lavic.errors import LavicError
-from lavic.io import apply_umask, atomic_write_json
+from lavic.io import atomic_directory, atomic_open, atomic_write_json
 from lavic.model.backbone import Backbone, add_item_tokens, register_backbone
 from lavic.prompts import IMAGE_TOKEN
 
@@ -59,10 +58,9 @@ GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets" / "tiny"
 SPEC_FILE = "tiny_config.json"  # the vision geometry (a TinySpec)
 WEIGHTS_FILE = "vision.safetensors"  # vision tower + projector + image_newline
-METRICS_FILE = "metrics.json"  # how the shipped weights were made and what they measured
 # The language model's instruction LoRA (a PEFT adapter folder), merged into the weights at load.
 LM_ADAPTER_DIR = "lm_adapter"
-LM_ADAPTER_FILES = ("adapter_config.json", ADAPTER_WEIGHTS)
+LM_ADAPTER_FILES = (ADAPTER_CONFIG, ADAPTER_WEIGHTS)
 CACHE_ENV = "LAVIC_CACHE"
 CACHE_MANIFEST = "lavic_tiny.json"
 # Bump when the assembled layout changes, so stale caches are not reused.
@@ -297,7 +295,7 @@ def merge_lm_adapter(model: LlavaNextForConditionalGeneration, adapter_dir: Path
     from peft import PeftModel
 
     adapter_dir = Path(adapter_dir)
-    config_path = adapter_dir / "adapter_config.json"
+    config_path = adapter_dir / ADAPTER_CONFIG
     try:
         targets = json.loads(config_path.read_text())["target_modules"]
     except (OSError, ValueError, KeyError) as exc:
@@ -381,15 +379,10 @@ def write_assets(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     state = {k: v.to(dtype).contiguous() for k, v in vision_state_dict(model).items()}
-    fd, tmp = tempfile.mkstemp(prefix=f".{WEIGHTS_FILE}.", suffix=".tmp", dir=out_dir)
-    os.close(fd)
-    try:
-        save_file(state, tmp, metadata={"format": "pt", "lavic": "tiny vision side"})
-        os.replace(tmp, out_dir / WEIGHTS_FILE)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with atomic_open(out_dir / WEIGHTS_FILE, "wb") as handle:
+        handle.write(
+            safetensors_bytes(state, metadata={"format": "pt", "lavic": "tiny vision side"})
+        )
     atomic_write_json(out_dir / SPEC_FILE, asdict(spec))
     for name in (WEIGHTS_FILE, SPEC_FILE):  # package data: readable by all (mkstemp gives 0600)
         os.chmod(out_dir / name, 0o644)
@@ -439,23 +432,14 @@ def _load_cached(directory: Path, dtype: torch.dtype | None) -> Backbone:
 
 
 def _save_cache(backbone: Backbone, final: Path, manifest: dict[str, Any]) -> None:
-    """Save the assembled model into ``final`` atomically: a temporary sibling, then rename."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
-    try:
-        apply_umask(tmp, directory=True)  # mkdtemp's 0700 would hide it from other users
+    """Save the assembled model into ``final`` atomically (:func:`lavic.io.atomic_directory`);
+    a copy another process finished first is kept."""
+    with atomic_directory(final, keep_existing=True) as tmp:
         backbone.model.save_pretrained(str(tmp), safe_serialization=True)
         backbone.processor.save_pretrained(str(tmp))
         atomic_write_json(tmp / CACHE_MANIFEST, manifest)
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if not (final / CACHE_MANIFEST).is_file():  # not a concurrent writer's result
-                raise
-            log.info("%s was written concurrently; keeping that copy", final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    if not (final / CACHE_MANIFEST).is_file():  # something else, not a concurrent writer's result
+        raise OSError(f"{final} exists and is not a cached tiny backbone (no {CACHE_MANIFEST})")
 
 
 def load_tiny(

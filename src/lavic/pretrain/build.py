@@ -14,14 +14,13 @@ from typing import Any, Literal
 
 import torch
 
+from lavic.artifacts import read_metrics, write_metrics
 from lavic.errors import LavicError
-from lavic.io import atomic_write_json
 from lavic.model.backbone import Backbone
 from lavic.model.tiny import (
     ASSETS_DIR,
     HELDOUT_SEED,
     LM_ADAPTER_DIR,
-    METRICS_FILE,
     PRETRAIN_SEED,
     TinySpec,
     assemble_tiny,
@@ -33,7 +32,7 @@ from lavic.model.tiny import (
     write_assets,
 )
 from lavic.pretrain.captions import catalogue_samples, write_pretraining_catalogue
-from lavic.pretrain.instruct import InstructConfig, instruct, save_adapter
+from lavic.pretrain.instruct import InstructConfig, instruct, write_lm_adapter
 from lavic.pretrain.measure import (
     description_look_accuracy,
     teacher_perplexity,
@@ -246,19 +245,16 @@ def run(args: Args) -> int:
         result: dict[str, Any] = {"pretrain": record}
         if args.evaluate:
             result["evaluation"] = measure(backbone, heldout_root, args)
-        atomic_write_json(assets / METRICS_FILE, result)
-        os.chmod(assets / METRICS_FILE, 0o644)
+        os.chmod(write_metrics(assets, result), 0o644)  # package data: readable by all
         print(json.dumps(result, indent=2))
     return 0
 
 
 def _update_metrics(assets: Path, key: str, value: Any) -> None:
     """Record ``value`` under ``key`` in the assets' metrics file, keeping the rest."""
-    path = assets / METRICS_FILE
-    metrics = json.loads(path.read_text()) if path.is_file() else {}
+    metrics = read_metrics(assets) or {}
     metrics[key] = value
-    atomic_write_json(path, metrics)
-    os.chmod(path, 0o644)
+    os.chmod(write_metrics(assets, metrics), 0o644)
 
 
 def run_item_tokens(args: Args, assets: Path, work: Path, heldout_root: Path) -> int:
@@ -313,7 +309,7 @@ def run_instruct(args: Args, assets: Path, work: Path) -> int:
         captions=captions,
         held_captions=held,
     )
-    save_adapter(model, assets / LM_ADAPTER_DIR)
+    write_lm_adapter(model, assets / LM_ADAPTER_DIR)
     _update_metrics(assets, "instruct", record)
     print(json.dumps(record["curve"], indent=2))
     return 0

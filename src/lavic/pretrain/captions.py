@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 # Teacher-path batches: the stage-1 prompt with <image> (full anyres image tokens) -> description
 # --------------------------------------------------------------------------------------------
 
-# The seed's stage-1 prompt with LLaVA's <image> in place of the five item tokens (the teacher
+# The reference's stage-1 prompt with LLaVA's <image> in place of the five item tokens (the teacher
 # reads the full image tokens). Everything before the title is the same for every item: its
 # keys/values are computed once.
 _TEACHER_HEAD, _TEACHER_TAIL = teacher_prompt("{title}").split("{title}")

@@ -3,7 +3,7 @@
 LaViC assumes an instruction-following backbone that can match a request to one of ten
 candidates and answer its ID (Mistral-7B-Instruct has this from its own tuning). SmolLM2-135M
 does not (zero-shot 0.16-0.18 on ten candidates with the look written in words, chance 0.10),
-so ``tiny`` gets it here, once, from text alone: the seed's recommendation prompt, each
+so ``tiny`` gets it here, once, from text alone: the reference's recommendation prompt, each
 candidate line carrying its look in words. This is the stand-in's instruction tuning, not
 LaViC's stage 2: the demo's titles never state the look, so text-only stays at chance there.
 
@@ -23,7 +23,7 @@ import logging
 import math
 import os
 import random
-import shutil
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -32,12 +32,14 @@ from typing import Any
 
 import torch
 
+from lavic.artifacts import ADAPTER_WEIGHTS, save_adapter
 from lavic.data.synthetic import plan_catalogue
 from lavic.data.synthetic.catalogue import PlannedItem
 from lavic.errors import LavicError
-from lavic.io import atomic_write_json
+from lavic.io import atomic_directory, atomic_write_json
 from lavic.model.backbone import Backbone
 from lavic.model.inputs import build_batch
+from lavic.model.lora import LANGUAGE_MODULES, add_lora, module_segments
 from lavic.pretrain.captions import (
     CaptionSample,
     PromptHead,
@@ -55,8 +57,10 @@ def lm_targets(first_layer: int) -> str:
     """A PEFT target regex: every linear layer of the language model's decoder layers from
     ``first_layer`` up (Llama names); the vision side is never touched. Training only the
     upper layers stops the backward pass there: on a CPU, 1.5x faster for the top half."""
+    (language_model,) = LANGUAGE_MODULES
     return (
-        rf".*language_model\.layers\.(?:{'|'.join(str(i) for i in range(first_layer, 200))})\."
+        rf".*{re.escape(language_model)}\.layers\."
+        rf"(?:{'|'.join(str(i) for i in range(first_layer, 200))})\."
         r"(?:self_attn\.(?:q|k|v|o)_proj|mlp\.(?:gate|up|down)_proj)"
     )
 
@@ -205,23 +209,20 @@ def curriculum_samples(config: InstructConfig) -> list[SelectionSample]:
 
 def add_lm_adapter(backbone: Backbone, config: InstructConfig):
     """The backbone's model wrapped with a fresh LoRA on its language model's linear layers."""
-    from peft import LoraConfig, get_peft_model
-
-    for p in backbone.model.parameters():
-        p.requires_grad_(False)
-    lora = LoraConfig(
+    return add_lora(
+        backbone.model,
+        lm_targets(config.first_layer),
         r=config.rank,
-        lora_alpha=config.alpha,
-        lora_dropout=0.0,
-        target_modules=lm_targets(config.first_layer),
+        alpha=config.alpha,
+        dropout=0.0,
+        trainable_under=module_segments(LANGUAGE_MODULES),
     )
-    return get_peft_model(backbone.model, lora)
 
 
 def prompts_and_targets(
     backbone: Backbone, rows: Sequence[SelectionSample], max_length: int = MAX_LENGTH
 ):
-    """The seed's text-only recommendation prompts of ``rows`` and their answers."""
+    """The reference's text-only recommendation prompts of ``rows`` and their answers."""
     prompts = [
         build_recommend_prompt(
             backbone.tokenizer, r.context, r.candidates, max_length=max_length, with_images=False
@@ -337,35 +338,28 @@ def _lr_factor(seen: int, config: InstructConfig, total: int) -> float:
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def save_adapter(model, out_dir: Path, *, dtype: torch.dtype = torch.float16) -> None:
-    """Write the LoRA as a PEFT adapter folder (``dtype`` weights), atomically."""
-    from safetensors.torch import load_file, save_file
-
-    out_dir = Path(out_dir)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(str(tmp), safe_serialization=True)
-    (tmp / "README.md").unlink(missing_ok=True)  # PEFT's empty model-card template
-    weights = tmp / "adapter_model.safetensors"
-    state = {k: v.to(dtype).contiguous() for k, v in load_file(str(weights)).items()}
-    save_file(state, str(weights), metadata={"format": "pt", "lavic": "tiny LM instruction LoRA"})
-    for path in tmp.iterdir():
-        os.chmod(path, 0o644)
-    shutil.rmtree(out_dir, ignore_errors=True)
-    os.replace(tmp, out_dir)
+def write_lm_adapter(model, out_dir: Path, *, dtype: torch.dtype = torch.float16) -> None:
+    """Write the LoRA as the shipped PEFT adapter folder, atomically: ``dtype`` weights, no
+    model card, files readable by all (package data)."""
+    with atomic_directory(out_dir) as tmp:
+        save_adapter(
+            model,
+            tmp,
+            dtype=dtype,
+            metadata={"lavic": "tiny LM instruction LoRA"},
+            model_card=False,
+        )
+        for path in tmp.iterdir():
+            os.chmod(path, 0o644)
 
 
 def _save_checkpoint(
     model, opt, ckpt: Path, seen: int, curve: list[dict[str, Any]], train_s: float
 ) -> None:
-    tmp = ckpt.with_name(f".{ckpt.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    model.save_pretrained(str(tmp / "adapter"), safe_serialization=True)
-    torch.save(opt.state_dict(), tmp / "optimizer.pt")
-    atomic_write_json(tmp / "state.json", {"seen": seen, "curve": curve, "train_s": train_s})
-    shutil.rmtree(ckpt, ignore_errors=True)
-    os.replace(tmp, ckpt)
+    with atomic_directory(ckpt) as tmp:
+        model.save_pretrained(str(tmp / "adapter"), safe_serialization=True)
+        torch.save(opt.state_dict(), tmp / "optimizer.pt")
+        atomic_write_json(tmp / "state.json", {"seen": seen, "curve": curve, "train_s": train_s})
 
 
 def instruct(
@@ -428,9 +422,7 @@ def instruct(
         seen, curve = state["seen"], state["curve"]
         # (checkpoints before train_s was saved: the last measurement's, an underestimate)
         train_s = state.get("train_s", curve[-1]["train_s"] if curve else 0.0)
-        set_peft_model_state_dict(
-            model, load_file(str(ckpt / "adapter" / "adapter_model.safetensors"))
-        )
+        set_peft_model_state_dict(model, load_file(str(ckpt / "adapter" / ADAPTER_WEIGHTS)))
         opt.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
         log.info("resumed at %d samples", seen)
     model.train()

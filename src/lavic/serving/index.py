@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lavic.artifacts import write_metrics
 from lavic.data.records import ItemMeta
 from lavic.errors import LavicError
 from lavic.io import atomic_write_json, safe_join
@@ -267,7 +268,7 @@ def build_index(args: Args, *, embedder=None, backbone=None) -> dict[str, Any]:
             "split": args.split,
             "conversations": len(conversations),
         }
-        atomic_write_json(index_dir / "metrics.json", summary)
+        write_metrics(index_dir, summary)
     return summary
 
 

@@ -2,7 +2,7 @@
 
 A request is a conversation, optionally with its candidate item ids. Without candidates the
 retriever proposes the top k of the catalogue. The candidates are then ranked by the tuned
-model exactly as ``lavic evaluate --decoding score`` ranks them: the seed's prompt (each
+model exactly as ``lavic evaluate --decoding score`` ranks them: the reference's prompt (each
 candidate as ``ID: title`` + its five visual tokens from the item-token cache), and each
 candidate's score is the log-likelihood of its ID (+ EOS) as the answer.
 
@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
+from lavic.artifacts import read_config
 from lavic.constants import MISSING_TITLE
 from lavic.errors import LavicError
 from lavic.serving.index import ITEM_TOKENS_DIR, Catalogue, read_catalogue
@@ -36,7 +37,7 @@ from lavic.serving.retrieval import RetrievalIndex
 log = logging.getLogger(__name__)
 
 DEFAULT_TOP_K = 10
-DEFAULT_MAX_LENGTH = 2048  # the seed's prompt budget (prompt + answer)
+DEFAULT_MAX_LENGTH = 2048  # the reference's prompt budget (prompt + answer)
 MAX_CANDIDATES = 50
 MAX_CONVERSATION_CHARS = 20_000
 
@@ -56,7 +57,7 @@ class UnknownItemsError(RequestError):
 
 
 def normalise_conversation(text: str) -> str:
-    """A thread in the seed's format: plain text becomes ``<submission>text</submission>``.
+    """A thread in the reference's format: plain text becomes ``<submission>text</submission>``.
 
     Text that already holds a ``<submission>`` tag (as the published data and the web page
     send) is kept byte for byte, so a conversation ranks exactly as ``lavic evaluate`` ranks it.
@@ -198,7 +199,7 @@ class Recommender:
         ``lavic evaluate``; the model is loaded as the evaluator loads it (``device`` /
         ``dtype`` ``auto``: CUDA in bfloat16 if present, else CPU in float32, under bf16 autocast
         on a CPU with native bf16 that passes the check; see :mod:`lavic.model.inference`). ``max_length``
-        defaults to the seed's 2,048 tokens (the evaluator's default); the prompt shows the
+        defaults to the reference's 2,048 tokens (the evaluator's default); the prompt shows the
         visual tokens unless the model was tuned text-only (``no_images`` in its config).
         Items whose visual tokens are not cached for this model's vision adapter (another
         model, a grown catalogue) are encoded now.
@@ -218,7 +219,8 @@ class Recommender:
         if max_length < 1:
             raise LavicError(f"max_length must be >= 1, got {max_length}")
         if with_images is None:
-            with_images = not bool(_tuned_settings(model_dir).get("no_images", False))
+            # The prompt the model was tuned with: text-only if its run had --no_images.
+            with_images = not bool(read_config(model_dir).get("no_images", False))
         if backbone is None:
             # The evaluator's loader: same device and dtype choice, so picks match it.
             backbone = load_model(model_dir, device=device or "auto", dtype=dtype)
@@ -399,21 +401,6 @@ class Recommender:
             retrieved is not None,
             prompt.truncated,
         )
-
-
-def _tuned_settings(model_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """``max_length`` / ``no_images`` from the artefact's saved config, if it has them."""
-    import yaml
-
-    path = Path(model_dir) / "config.yaml"
-    if not path.is_file():
-        return {}
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        log.warning("%s: unreadable; using the default prompt settings", path)
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 # --------------------------------------------------------------------------------------------

@@ -372,7 +372,7 @@ def retrieval_recall_at_k(
 ) -> float:
     """Recall@k of the retriever: ground-truth items found in the top ``k`` for their thread.
 
-    Counted per ground-truth item, as the seed's Recall@1 is (a conversation with three gt
+    Counted per ground-truth item, as the reference's Recall@1 is (a conversation with three gt
     items adds three to the denominator); a gt item absent from the catalogue is a miss.
 
     Args:

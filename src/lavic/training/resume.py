@@ -12,14 +12,32 @@ from a partial state.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from lavic.errors import LavicError
-from lavic.io import peek_checkpoint, remove_partial_writes
+from lavic.io import remove_partial_writes
 
 log = logging.getLogger(__name__)
+
+
+def peek_checkpoint(path: str | os.PathLike[str]) -> tuple[int, int]:
+    """``(epoch, global_step)`` of one of our training checkpoints, read without unpickling
+    code (``weights_only=True``); a damaged one is a one-line error (Lightning would raise deep
+    inside ``fit``)."""
+    import torch
+
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises RuntimeError, UnpicklingError, EOFError, ... here
+        raise LavicError(
+            f"{path}: unreadable checkpoint ({type(exc).__name__}); delete it to start over"
+        ) from None
+    if not isinstance(ckpt, dict):
+        raise LavicError(f"{path}: not a training checkpoint; delete it to start over")
+    return int(ckpt.get("epoch", 0)), int(ckpt.get("global_step", 0))
 
 
 def checkpoint_to_resume(ckpt_path: Path, *, resume: bool) -> str | None:
@@ -74,4 +92,4 @@ def check_trainable_state(have: Mapping[str, Any], want: Mapping[str, Any]) -> N
     )
 
 
-__all__ = ["check_trainable_state", "checkpoint_to_resume"]
+__all__ = ["check_trainable_state", "checkpoint_to_resume", "peek_checkpoint"]

@@ -20,6 +20,7 @@ import lightning as L
 
 from lavic.config import TrainerArgs
 from lavic.errors import LavicError
+from lavic.io import atomic_open
 
 log = logging.getLogger(__name__)
 
@@ -141,10 +142,31 @@ class StepCheckpoint(L.Callback):
             self._save(trainer)
 
 
+def atomic_checkpoint_io():
+    """A Lightning ``CheckpointIO`` that writes each checkpoint beside its path, then renames it
+    (:func:`lavic.io.atomic_open`).
+
+    Lightning's own stages a checkpoint under ``$TMPDIR`` and *moves* it onto its name: a copy
+    when ``$TMPDIR`` is another filesystem (a tmpfs ``/tmp``, outputs on a data disk), so a
+    process killed during the copy leaves a truncated ``last.ckpt`` under its final name.
+    """
+    import torch
+    from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+
+    class AtomicCheckpointIO(TorchCheckpointIO):
+        def save_checkpoint(self, checkpoint, path, storage_options=None):
+            if storage_options is not None:
+                raise TypeError("AtomicCheckpointIO takes no storage_options")
+            with atomic_open(path, "wb") as handle:
+                torch.save(checkpoint, handle)
+
+    return AtomicCheckpointIO()
+
+
 def checkpoint_callbacks(ckpt_path: Path, every_n_steps: int | None) -> list[L.Callback]:
     """The callbacks that keep ``ckpt_path`` (``.../last.ckpt``) current for ``--resume``.
 
-    All write the same file, atomically (:func:`lavic.io.atomic_checkpoint_io`): each epoch
+    All write the same file, atomically (:func:`atomic_checkpoint_io`): each epoch
     after its validation (:class:`EpochCheckpoint`), every ``every_n_steps`` steps (an epoch's
     last step also after validation; 0 or None: epochs only), and the ``max_steps`` stop.
     """
@@ -182,8 +204,6 @@ def build_trainer(
     """
     from lightning.fabric.utilities.exceptions import MisconfigurationException
     from lightning.pytorch.loggers import CSVLogger
-
-    from lavic.io import atomic_checkpoint_io
 
     output_dir = Path(output_dir)
     # DeepSpeed writes its own checkpoint folders; every other strategy goes through this IO,
@@ -223,6 +243,7 @@ __all__ = [
     "LAST_CHECKPOINT",
     "SaveAtMaxSteps",
     "StepCheckpoint",
+    "atomic_checkpoint_io",
     "build_strategy",
     "build_trainer",
     "checkpoint_callbacks",

@@ -1,6 +1,6 @@
 """Stage-2 training samples, their prompts, and the collator that adds cached item tokens.
 
-One sample per ground-truth item of a conversation (as the seed): the candidates are the
+One sample per ground-truth item of a conversation (as the reference): the candidates are the
 conversation's list under ``--candidate_type``; a ground truth that is not among them replaces
 one candidate chosen at random -- seeded per sample, so the same data and seed always give the
 same prompts whatever the order or subset loaded, and the loaded conversation is never changed.
@@ -50,7 +50,7 @@ class TuneSample:
 def place_ground_truth(
     candidates: Sequence[str], target: str, *, seed: int, key: str
 ) -> tuple[tuple[str, ...], int | None]:
-    """The candidate list with ``target`` in it (the seed's rule), without changing the input.
+    """The candidate list with ``target`` in it (the reference's rule), without changing the input.
 
     If ``target`` is already a candidate the list is returned unchanged; otherwise it replaces
     the candidate at an index drawn from ``random.Random(f"{seed}:{key}")`` -- a string seed,
@@ -73,7 +73,7 @@ def make_samples(
 ) -> list[TuneSample]:
     """One :class:`TuneSample` per ground-truth item of each conversation, in file order.
 
-    A ground-truth id listed twice in a conversation gives two samples (the seed's counting).
+    A ground-truth id listed twice in a conversation gives two samples (the reference's counting).
     """
     samples = []
     for conversation in conversations:
@@ -118,7 +118,7 @@ def narrow_candidates(samples: Sequence[TuneSample], k: int, *, seed: int) -> li
 
 @dataclass(frozen=True)
 class PromptedSample:
-    """A sample rendered into the seed's recommendation prompt (within the token budget)."""
+    """A sample rendered into the reference's recommendation prompt (within the token budget)."""
 
     prompt: str
     target: str

@@ -1,8 +1,8 @@
-"""``lavic tune``: stage 2, recommendation prompt tuning (the seed's ``prompt_tuning.py``).
+"""``lavic tune``: stage 2, recommendation prompt tuning (the reference's ``prompt_tuning.py``).
 
 Starts from the base model with the stage-1 adapter merged, puts LoRA on every linear layer of
 the language model (vision tower and projector frozen), and trains it to answer the ground
-truth's ID given the seed's prompt: instruction, conversation, and per candidate ``ID: title``
+truth's ID given the reference's prompt: instruction, conversation, and per candidate ``ID: title``
 followed by its five visual tokens. Those tokens are read from the item-token cache, computed
 once per image before training; the vision tower never runs in a training step.
 
@@ -24,21 +24,21 @@ from typing import Any, Literal
 import torch
 
 from lavic.artifacts import TUNED_ADAPTER_DIR
-from lavic.config import LoRAArgs, TrainerArgs, override
+from lavic.config import LoRAArgs, RecommendDataArgs, TrainerArgs, override
 from lavic.errors import LavicError
 from lavic.training.trainer import CHECKPOINT_DIR, LAST_CHECKPOINT
 
 log = logging.getLogger(__name__)
 
 ADAPTER_DIR = TUNED_ADAPTER_DIR
-METRICS_FILE = "metrics.json"
-# The language model: the only place a stage-2 parameter may train.
-LANGUAGE_MODULES = (".language_model.",)
 
 
 @dataclass(kw_only=True)
-class Args(TrainerArgs, LoRAArgs):
-    """Options of ``lavic tune`` (the seed's ``prompt_tuning.py`` flags and defaults, plus LaViC's)."""
+class Args(RecommendDataArgs, TrainerArgs, LoRAArgs):
+    """Options of ``lavic tune`` (the reference's ``prompt_tuning.py`` flags and defaults, plus
+    LaViC's): the data and prompt options it shares with ``lavic evaluate``
+    (:class:`RecommendDataArgs`, with help that says what each means for training), the
+    shared training core's and LoRA's, and its own."""
 
     model_dir: Path = field(
         metadata={
@@ -46,49 +46,53 @@ class Args(TrainerArgs, LoRAArgs):
             "merged onto its recorded base model"
         }
     )
-    item_meta_path: Path = field(
-        metadata={"help": "item metadata with titles (item2meta_*.json[l])"}
+    item_meta_path: Path = override(
+        RecommendDataArgs,
+        "item_meta_path",
+        help="item metadata with titles (item2meta_*.json[l])",
     )
-    category: str = field(metadata={"help": "domain subdirectory of --data_dir, e.g. all_beauty"})
-    candidate_type: str = field(
-        default="candidates_st",
-        metadata={
-            "help": "the candidate list key in the conversations (candidates_st, candidates_gpt_large)"
-        },
+    category: str = override(
+        RecommendDataArgs, "category", help="domain subdirectory of --data_dir, e.g. all_beauty"
+    )
+    candidate_type: str = override(
+        RecommendDataArgs,
+        "candidate_type",
+        help="the candidate list key in the conversations (candidates_st, candidates_gpt_large)",
     )
     finetune_output_dir: Path = field(
         default=Path("out_finetuned"),
         metadata={"help": "where trained_lora_adapter/, metrics.json and the results go"},
     )
-    data_dir: Path = field(
-        default=Path("data"),
-        metadata={"help": "dataset root holding <category>/{train,valid,test}.jsonl"},
+    data_dir: Path = override(
+        RecommendDataArgs,
+        "data_dir",
+        Path("data"),
+        help="dataset root holding <category>/{train,valid,test}.jsonl",
     )
-    image_dir: Path | None = field(
-        default=None,
-        metadata={
-            "help": "item images <item>_0.jpg (missing ones: white placeholder, counted); required "
-            "unless --no_images"
-        },
+    image_dir: Path | None = override(
+        RecommendDataArgs,
+        "image_dir",
+        help="item images <item>_0.jpg (missing ones: white placeholder, counted); required "
+        "unless --no_images",
     )
-    max_length: int = field(
-        default=2048,
-        metadata={
-            "help": "token budget of prompt + answer; a longer conversation is cut (never a "
-            "candidate), counted in metrics.json"
-        },
+    max_length: int = override(
+        RecommendDataArgs,
+        "max_length",
+        help="token budget of prompt + answer; a longer conversation is cut (never a "
+        "candidate), counted in metrics.json",
     )
-    # The seed's stage-2 defaults where they differ from the shared group's.
+    # The reference's stage-2 defaults where they differ from the shared group's.
     batch_size: int = override(TrainerArgs, "batch_size", 1)
     num_epochs: int = override(TrainerArgs, "num_epochs", 1)
     devices: str = override(TrainerArgs, "devices", "1")
     num_workers: int = override(TrainerArgs, "num_workers", 0)
-    no_images: bool = field(
-        default=False,
-        metadata={"help": "text-only ablation: the same prompt without the visual tokens"},
+    no_images: bool = override(
+        RecommendDataArgs,
+        "no_images",
+        help="text-only ablation: the same prompt without the visual tokens",
     )
-    decoding: Literal["score", "constrained", "generate"] = field(
-        default="score", metadata={"help": "decoding used by the final test evaluation"}
+    decoding: Literal["score", "constrained", "generate"] = override(
+        RecommendDataArgs, "decoding", help="decoding used by the final test evaluation"
     )
     cache_dir: Path | None = field(
         default=None,
@@ -97,9 +101,10 @@ class Args(TrainerArgs, LoRAArgs):
     encode_batch_size: int = field(
         default=16, metadata={"help": "images per vision-tower call when filling the cache"}
     )
-    lenient: bool = field(
-        default=False,
-        metadata={"help": "skip malformed records (counted in metrics.json) instead of failing"},
+    lenient: bool = override(
+        RecommendDataArgs,
+        "lenient",
+        help="skip malformed records (counted in metrics.json) instead of failing",
     )
     skip_eval: bool = field(default=False, metadata={"help": "do not evaluate on the test split"})
     candidate_curriculum: list[int] | None = field(
@@ -137,24 +142,6 @@ class Args(TrainerArgs, LoRAArgs):
 # ------------------------------------------------------------------------------------ helpers
 
 
-def add_language_lora(model, *, r: int, alpha: int, dropout: float):
-    """Wrap ``model`` in a PeftModel with LoRA on every linear layer of the language model.
-
-    Everything else (vision tower, projector, embeddings, LM head) is frozen.
-    """
-    from lavic.model.lora import language_lora_targets
-    from lavic.training.lora import add_lora
-
-    return add_lora(
-        model,
-        language_lora_targets(model),
-        r=r,
-        alpha=alpha,
-        dropout=dropout,
-        trainable_under=LANGUAGE_MODULES,
-    )
-
-
 def _looks_like_path(name: str | Path) -> bool:
     """A local path rather than a Hub id (``org/name``) or a built-in name (``tiny``)."""
     text = str(name)
@@ -174,7 +161,7 @@ def run(args: Args) -> int:
     from lavic.data.records import LoadReport
     from lavic.model.backbone import load_backbone
     from lavic.model.compute import prompt_logits
-    from lavic.model.lora import count_parameters
+    from lavic.model.lora import add_language_lora, count_parameters
     from lavic.precision import (
         check_on_loader,
         cpu_bf16_possible,
@@ -408,8 +395,7 @@ def run(args: Args) -> int:
     }
     adapter_dir = out / ADAPTER_DIR
     if trainer.is_global_zero:
-        from lavic.artifacts import write_artifact
-        from lavic.io import atomic_write_json
+        from lavic.artifacts import write_artifact, write_metrics
 
         write_artifact(
             adapter_dir,
@@ -422,13 +408,13 @@ def run(args: Args) -> int:
             parent=parent,
         )
         # A fresh metrics.json: any evaluation of an earlier run in this folder is stale.
-        atomic_write_json(out / METRICS_FILE, metrics)
+        metrics_path = write_metrics(out, metrics)
         log.info(
             "best epoch %s (val_loss %s); wrote %s and %s",
             module.best and module.best["epoch"],
             module.best and module.best["val_loss"],
             adapter_dir,
-            out / METRICS_FILE,
+            metrics_path,
         )
     if args.skip_eval or not trainer.is_global_zero:
         return 0
@@ -446,6 +432,7 @@ def run(args: Args) -> int:
         model_dir=adapter_dir,
         output_dir=out,
         split="test",
+        batch_size=args.batch_size,
         cache_dir=None if args.no_images else cache_dir,
     )
     Evaluator(evaluation).evaluate(train_info=metrics)

@@ -1,4 +1,4 @@
-"""``lavic synthesize``: a synthetic, visually grounded catalogue in exactly the seed's layout.
+"""``lavic synthesize``: a synthetic, visually grounded catalogue in exactly the reference's layout.
 
 Every command (``check-data``, ``distill``, ``tune``, ``evaluate``, ``serve``) runs on it as on
 the real data. Products are drawn procedurally (PIL): each item has a kind (mug, hoodie,

@@ -1,4 +1,4 @@
-"""Plan and write a synthetic catalogue in exactly the seed's layout.
+"""Plan and write a synthetic catalogue in exactly the reference's layout.
 
 Planning (ids, looks, titles, descriptions, conversations, image sizes) is pure and
 deterministic given ``(style, seed)``; writing then draws only the images that a conversation
@@ -647,7 +647,8 @@ def write_catalogue(
     jpeg_quality: int = 85,
     overwrite: bool = False,
 ) -> CatalogueSummary:
-    """Write a synthetic, visually grounded catalogue under ``output_dir`` in the seed's layout.
+    """Write a synthetic, visually grounded catalogue under ``output_dir``, laid out as the
+    reference's.
 
     Layout: ``<category>/{train,valid,test}.jsonl``, ``item2meta_train.json`` (every item any
     conversation names), ``item2meta_valid.jsonl`` (stage-1 validation images of items that

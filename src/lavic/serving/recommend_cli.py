@@ -1,5 +1,9 @@
 """``lavic recommend``: the tuned model's pick for one conversation, printed as JSON.
 
+The command-line front end of :class:`lavic.serving.recommender.Recommender` (the in-process
+recommender: the model loaded once, conversations ranked in batches); ``app.py`` is its HTTP
+front end, ``lavic serve``.
+
 Without ``--candidates`` the retriever proposes the ``--top_k`` catalogue items closest to the
 conversation. The output is the JSON ``POST /recommend`` answers: ``item_id``, ``title``,
 ``score`` and ``candidates`` (each ``item_id``, ``title``, ``score``, ...), best first.

@@ -1,5 +1,5 @@
-"""The evaluation's comparison table (text) and its plot (PNG: Recall@1 per method, the
-Recall@1 ceiling as a line)."""
+"""The evaluation's comparison of methods: the table printed (text) and its plot (PNG: Recall@1
+per method, the Recall@1 ceiling as a line). The result files are :mod:`results`'s."""
 
 from __future__ import annotations
 
