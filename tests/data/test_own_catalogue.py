@@ -184,7 +184,7 @@ def test_tiny_knows_a_synthetic_catalogue_from_a_shop_one(tmp_path, caplog):
     from lavic.constants import SYNTHETIC_IMAGE_URL
     from lavic.data.records import ItemMeta
     from lavic.data.synthetic.catalogue import IMAGE_URL
-    from lavic.model.tiny import warn_if_off_domain
+    from lavic.model.backbone import check_catalogue
 
     assert IMAGE_URL.startswith(SYNTHETIC_IMAGE_URL)  # what `lavic synthesize` writes
     drawn = {
@@ -198,11 +198,11 @@ def test_tiny_knows_a_synthetic_catalogue_from_a_shop_one(tmp_path, caplog):
             "MUG-1", "Red mug", ("MUG-1_0.jpg",), {"MUG-1_0.jpg": "https://shop.example/m.jpg"}
         )
     }
-    assert not warn_if_off_domain("tiny", drawn, "synthetic.json")
-    assert not warn_if_off_domain("llava-hf/llava-v1.6-mistral-7b-hf", shop, "shop.json")
-    assert not warn_if_off_domain("tiny-random", shop, "shop.json")  # test weights, no claim
-    assert warn_if_off_domain("tiny", shop, "shop.json")
-    assert warn_if_off_domain("tiny", fetched, "fetched.json")
+    assert not check_catalogue("tiny", drawn, "synthetic.json")
+    assert not check_catalogue("llava-hf/llava-v1.6-mistral-7b-hf", shop, "shop.json")
+    assert not check_catalogue("tiny-random", shop, "shop.json")  # test weights, no claim
+    assert check_catalogue("tiny", shop, "shop.json")
+    assert check_catalogue("tiny", fetched, "fetched.json")
     assert len(caplog.messages) == 2
     message = caplog.messages[0]
     assert message.startswith("shop.json: `tiny` was trained on drawn synthetic shapes")

@@ -253,8 +253,7 @@ def run(args: Args) -> int:
     from lavic.data.loaders import load_item_meta
     from lavic.data.records import LoadReport
     from lavic.io import atomic_write_text
-    from lavic.model.backbone import load_backbone
-    from lavic.model.tiny import warn_if_off_domain
+    from lavic.model.backbone import check_catalogue, load_backbone
 
     if not args.image_dir.is_dir():
         raise LavicError(f"{args.image_dir}: no such image folder")
@@ -265,7 +264,7 @@ def run(args: Args) -> int:
     meta = load_item_meta(args.item_meta_path, lenient=args.lenient, report=report)
     if args.limit_items is not None:
         meta = dict(list(meta.items())[: args.limit_items])
-    warn_if_off_domain(args.model_name, meta, args.item_meta_path)
+    check_catalogue(args.model_name, meta, args.item_meta_path)
     todo = [(item.item_id, item.title, name) for item in meta.values() for name in item.image_names]
     wanted = {name for _, _, name in todo}
 

@@ -140,9 +140,8 @@ def run(args: Args) -> int:
         StudentCollator,
         TeacherCollator,
     )
-    from lavic.model.backbone import load_backbone, unwrap
+    from lavic.model.backbone import check_catalogue, load_backbone, unwrap
     from lavic.model.lora import add_vision_lora, count_parameters
-    from lavic.model.tiny import warn_if_off_domain
     from lavic.precision import check_on_loader, resolve_precision
     from lavic.training.resume import checkpoint_to_resume
     from lavic.training.sampler import make_loader
@@ -171,7 +170,7 @@ def run(args: Args) -> int:
     parent_info = read_artifact_info(args.model_name)
     parent = args.model_name if parent_info is not None else None
     base_model = parent_info["base_model"] if parent_info is not None else args.model_name
-    warn_if_off_domain(base_model, train_meta, args.train_data)
+    check_catalogue(base_model, train_meta, args.train_data)
     backbone = load_backbone(args.model_name)
     if args.gradient_checkpointing and args.strategy != "fsdp":  # FSDP checkpoints per block
         backbone.model.gradient_checkpointing_enable(

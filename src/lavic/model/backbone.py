@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,19 +114,43 @@ def set_pad_token(tokenizer) -> None:
 BackboneLoader = Callable[[str, torch.dtype | None], Backbone]
 BACKBONES: dict[str, BackboneLoader] = {}
 _DEFAULT: list[str] = []  # the name whose loader takes every unregistered name
+# name -> check(items, source) -> bool: a family's own word on a catalogue it is given (the
+# stand-in `tiny` warns on one it was not built for). The stages call `check_catalogue`, so the
+# method's modules never import a stand-in's.
+CatalogueCheck = Callable[[dict, "str | os.PathLike[str]"], bool]
+CATALOGUE_CHECKS: dict[str, CatalogueCheck] = {}
 
 
-def register_backbone(name: str, loader: BackboneLoader, *, default: bool = False) -> None:
+def register_backbone(
+    name: str,
+    loader: BackboneLoader,
+    *,
+    default: bool = False,
+    catalogue_check: CatalogueCheck | None = None,
+) -> None:
     """Make ``load_backbone(name)`` (and artefacts whose base model is ``name``) use ``loader``.
 
     Args:
         name: what ``--model_name`` / ``--model_dir`` / an artefact's ``base_model`` says.
         loader: ``(name, dtype) -> Backbone``; ``dtype`` None keeps the checkpoint's.
         default: also load every name that no one registered (a Hub id, a folder) with it.
+        catalogue_check: ``(items, source) -> bool``, run by :func:`check_catalogue` on every
+            catalogue a command gives this backbone (e.g. a warning, returning whether it
+            warned).
     """
     BACKBONES[name] = loader
     if default:
         _DEFAULT[:] = [name]
+    if catalogue_check is not None:
+        CATALOGUE_CHECKS[name] = catalogue_check
+
+
+def check_catalogue(base_model: str, items: dict, source: str | os.PathLike[str]) -> bool:
+    """Run the catalogue check ``base_model``'s family registered, if any (``describe``,
+    ``distill`` and ``index`` call it on the items they read). Returns what the check returns
+    (False when there is none)."""
+    check = CATALOGUE_CHECKS.get(str(base_model))
+    return bool(check(items, source)) if check is not None else False
 
 
 def _load_base(name: str, dtype: torch.dtype | None) -> Backbone:
@@ -220,11 +245,13 @@ def load_tokenizer_from(directory: str | Path):
 
 __all__ = [
     "BACKBONES",
+    "CATALOGUE_CHECKS",
     "Backbone",
     "NUM_ITEM_TOKENS",
     "add_item_tokens",
     "load_backbone",
     "load_tokenizer_from",
+    "check_catalogue",
     "register_backbone",
     "set_pad_token",
     "unwrap",

@@ -124,18 +124,19 @@ OFF_DOMAIN_WARNING = (
 )
 
 
-def warn_if_off_domain(model_name: str, meta: dict, source: str | os.PathLike[str]) -> bool:
-    """Log one warning when ``tiny`` is used on a catalogue it was not built for.
+def warn_if_off_domain(meta: dict, source: str | os.PathLike[str]) -> bool:
+    """Log one warning when ``tiny`` is given a catalogue it was not built for (registered as
+    ``tiny``'s catalogue check: the commands reach it through
+    :func:`lavic.model.backbone.check_catalogue`).
 
     Args:
-        model_name: the base model (``tiny``, ``tiny-random``, a Hub id...).
         meta: the catalogue's items (:func:`lavic.data.loaders.load_item_meta`).
         source: the metadata file, named in the warning.
 
     Returns:
         Whether it warned.
     """
-    if model_name != "tiny" or not meta or is_synthetic_catalogue(meta):
+    if not meta or is_synthetic_catalogue(meta):
         return False
     log.warning(OFF_DOMAIN_WARNING, source)
     return True
@@ -501,4 +502,6 @@ def load_tiny(
     return backbone
 
 
-register_backbone("tiny", lambda name, dtype: load_tiny(dtype=dtype))
+register_backbone(
+    "tiny", lambda name, dtype: load_tiny(dtype=dtype), catalogue_check=warn_if_off_domain
+)

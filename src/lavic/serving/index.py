@@ -192,8 +192,8 @@ def build_index(args: Args, *, embedder=None, backbone=None) -> dict[str, Any]:
     from lavic.data.images import ImageStats
     from lavic.data.loaders import load_item_meta
     from lavic.data.records import LoadReport
+    from lavic.model.backbone import check_catalogue
     from lavic.model.inference import load_model, resolve_model_dir
-    from lavic.model.tiny import warn_if_off_domain
 
     if not Path(args.image_dir).is_dir():
         raise LavicError(f"{args.image_dir}: image folder not found")
@@ -223,7 +223,7 @@ def build_index(args: Args, *, embedder=None, backbone=None) -> dict[str, Any]:
 
     model_dir = resolve_model_dir(args.model_dir)
     info = read_artifact_info(model_dir)
-    warn_if_off_domain(info["base_model"] if info else str(model_dir), items, args.item_meta_path)
+    check_catalogue(info["base_model"] if info else str(model_dir), items, args.item_meta_path)
     if backbone is None:
         backbone = load_model(model_dir, device="auto", dtype="auto")
     stats = ImageStats()
