@@ -54,3 +54,20 @@ def test_shipping_keeps_the_lineage_and_the_model(tmp_path):
     shipped = _logits(load_backbone(dest / "tune"))
     assert torch.allclose(original, shipped, atol=1e-2, rtol=1e-3)
     assert not torch.equal(original, _logits(load_backbone("tiny-random")))  # adapters applied
+
+
+def test_the_shipped_reference_is_two_small_fp16_adapters_on_tiny():
+    """What `lavic demo` evaluates: stage 2 on stage 1 on `tiny`, each adapter only where its
+    stage trains (vision side / language model), float16 safetensors, small enough to ship."""
+    from lavic.demo import REFERENCE_DIR
+    from lavic.model.lora import LANGUAGE_MODULES, VISION_MODULES
+
+    lineage = artifact_lineage(REFERENCE_DIR)
+    assert [info["kind"] for _, info in lineage] == ["tune", "distill"]
+    assert lineage[-1][1]["base_model"] == "tiny"
+    for (folder, info), parts in zip(lineage, (LANGUAGE_MODULES, VISION_MODULES), strict=True):
+        weights = load_file(folder / "adapter_model.safetensors")
+        assert weights and all(t.dtype == torch.float16 for t in weights.values())
+        assert all(any(f".{p}." in name for p in parts) for name in weights), info["kind"]
+        assert (folder / "adapter_model.safetensors").stat().st_size < 8 * 2**20
+        assert not list(folder.glob("*.bin")) and not list(folder.glob("*.pt"))
