@@ -16,8 +16,8 @@ serve (issue 22); ``serve --max_queue``, ``--queue_timeout_s`` and
 ``--limit_concurrency`` (shedding load, issue 20); ``evaluate --described_baseline``,
 ``demo --num_test`` 50 and ``--reference`` (issue 19); ``synthesize-unseen`` (new command: a
 second held-out catalogue generator); ``demo``'s stage-2 recipe (``--tune_batch_size`` 4,
-``--tune_lr`` 2e-4, ``--tune_steps`` 36, no ``--tune_curriculum``), ``--distill_lr`` 1e-4 and
-``--num_train`` 48 (issue 19).
+``--tune_lr`` 2e-4, ``--tune_steps`` 40, no ``--tune_curriculum``), ``--distill_lr`` 1e-4 and
+``--num_train`` 60 (issue 19).
 """
 
 from __future__ import annotations
