@@ -42,7 +42,9 @@ def test_demo_end_to_end_writes_results_and_report(tmp_path, capsys, caplog, mon
     home = out / "data" / "synthetic_home" / "train.jsonl"
     assert combined.read_text() == home.read_text()
     tuned = json.loads((out / "tune" / "metrics.json").read_text())
-    assert tuned["candidate_curriculum"] == [2]  # the demo's default: two candidates first
+    # the demo's default stage 2: ten candidates from the first step, four samples a step, 2e-4
+    assert tuned["candidate_curriculum"] == [] and tuned["lr"] == 2e-4
+    assert tuned["train_samples_seen"] == 4 * tuned["steps"] > 0
     row = results["synthetic_home"]
     methods = ("lavic", "text_only", "described", "random", "retriever_first")
     assert set(row) == {*methods, "ceiling"}
