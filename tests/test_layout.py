@@ -89,6 +89,7 @@ TOOLING = (
     "lavic.model.tiny",
     "lavic.data.synthetic",
     "lavic.data.unseen",
+    "lavic.data.catalogue_folder",
     "lavic.data.crawl",
     "lavic.data.download",
     "lavic.data.importer",

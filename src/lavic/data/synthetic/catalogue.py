@@ -35,6 +35,7 @@ from typing import Any
 from tqdm import tqdm
 
 from lavic.constants import SYNTHETIC_IMAGE_URL
+from lavic.data.catalogue_folder import prepare_catalogue_folder
 from lavic.data.synthetic.render import draw_size, render_item_image, usable_size_classes
 from lavic.data.synthetic.styles import STYLES, Kind, Look, Style, article, tone_word
 from lavic.errors import LavicError
@@ -46,8 +47,6 @@ SPLITS = ("train", "valid", "test")
 CANDIDATE_KEYS = ("candidates_st", "candidates_gpt_large")
 IMAGE_URL = SYNTHETIC_IMAGE_URL + "{name}"
 AMAZON_URL = "https://www.amazon.com/dp/{item_id}"
-# File names this module may have written in an earlier run (removed by --overwrite if stale).
-_OUR_IMAGE = re.compile(r"^[0-9A-Z]{10}_\d+\.jpg$")
 _ALNUM = string.ascii_uppercase + string.digits
 
 
@@ -537,33 +536,6 @@ def _check_settings(s: _Settings) -> None:
         )
 
 
-def _prepare_output(
-    output_dir: Path, overwrite: bool, keep_images: set[str], keep_splits: set[Path]
-) -> None:
-    if output_dir.exists() and not output_dir.is_dir():
-        raise LavicError(f"{output_dir}: exists and is not a directory")
-    if not output_dir.exists() or not any(output_dir.iterdir()):
-        return
-    if not overwrite:
-        raise LavicError(
-            f"{output_dir}: directory is not empty; pass --overwrite to replace a catalogue there"
-        )
-    # Remove what an earlier run of this command may have left and this run will not rewrite:
-    # images named like ours, and split files of synthetic categories. Nothing else is touched.
-    for folder in ("train_images", "valid_images"):
-        directory = output_dir / folder
-        if directory.is_dir():
-            for path in directory.iterdir():
-                if _OUR_IMAGE.match(path.name) and path.name not in keep_images and path.is_file():
-                    path.unlink()
-    known = {c for style in STYLES.values() for c in style.categories}
-    for category in known:
-        for split in SPLITS:
-            path = output_dir / category / f"{split}.jsonl"
-            if path.is_file() and path not in keep_splits:
-                path.unlink()
-
-
 def plan_catalogue(
     *,
     seed: int = 0,
@@ -716,9 +688,12 @@ def write_catalogue(
         (item_id, image) for item_id in plan.distill_valid for image in plan.items[item_id].images
     ]
     split_paths = {c: {s: root / c / f"{s}.jsonl" for s in SPLITS} for c in categories}
-    _prepare_output(
+    prepare_catalogue_folder(
         root,
         overwrite,
+        # every style's categories: a rewrite in another style leaves no stale split behind
+        categories={c for style in STYLES.values() for c in style.categories},
+        splits=SPLITS,
         keep_images={image.name for _, image in train_images + valid_images},
         keep_splits={p for d in split_paths.values() for p in d.values()},
     )

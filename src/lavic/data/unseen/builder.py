@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from lavic.constants import SYNTHETIC_IMAGE_URL
+from lavic.data.catalogue_folder import prepare_catalogue_folder
 from lavic.data.unseen.drawing import draw_item, image_size
 from lavic.data.unseen.vocabulary import (
     BRANDS,
@@ -64,8 +65,6 @@ AMAZON_URL = "https://www.amazon.com/dp/{item_id}"
 # The reserved host marks a drawn catalogue (lavic.data.loaders.is_synthetic_catalogue), which
 # is what the offline `tiny` backbone expects; the URLs are never fetched.
 IMAGE_URL = SYNTHETIC_IMAGE_URL + "{name}"
-# Images an earlier run may have written: --overwrite removes the ones this run does not.
-_IMAGE_NAME = re.compile(r"^[0-9A-Z]{10}_\d+\.jpg$")
 _ID_CHARS = string.ascii_uppercase + string.digits
 
 
@@ -406,32 +405,6 @@ def check_settings(s: Settings) -> None:
             raise LavicError(f"{name} must be in [0, 1] (got {value})")
 
 
-def _prepare_output(
-    root: Path, overwrite: bool, keep_images: set[str], keep_splits: set[Path]
-) -> None:
-    if root.exists() and not root.is_dir():
-        raise LavicError(f"{root}: exists and is not a directory")
-    if not root.exists() or not any(root.iterdir()):
-        return
-    if not overwrite:
-        raise LavicError(
-            f"{root}: directory is not empty; pass --overwrite to replace a catalogue there"
-        )
-    # Remove only what an earlier run may have left and this one will not rewrite: images named
-    # like ours and split files of our categories. Anything else in the folder stays.
-    for folder in ("train_images", "valid_images"):
-        directory = root / folder
-        if directory.is_dir():
-            for path in directory.iterdir():
-                if _IMAGE_NAME.match(path.name) and path.name not in keep_images and path.is_file():
-                    path.unlink()
-    for category in CATEGORIES:
-        for split in SPLITS:
-            path = root / category / f"{split}.jsonl"
-            if path.is_file() and path not in keep_splits:
-                path.unlink()
-
-
 # ============================================================================ writing
 
 
@@ -513,9 +486,11 @@ def write_unseen(
     root = Path(output_dir).resolve()
     referenced = plan.referenced_ids()
     split_paths = {c: {s: root / c / f"{s}.jsonl" for s in SPLITS} for c in plan.categories}
-    _prepare_output(
+    prepare_catalogue_folder(
         root,
         overwrite,
+        categories=CATEGORIES,
+        splits=SPLITS,
         keep_images={plan.items[i].image_name for i in referenced + plan.distill_valid},
         keep_splits={p for paths in split_paths.values() for p in paths.values()},
     )
