@@ -1,6 +1,7 @@
 """Copy a finished reference run (configs/reference_tiny.sh) into the package as two small
 artefacts: ``DEST/distill`` (stage 1) and ``DEST/tune`` (stage 2, whose parent is
-``../distill``), the adapters' weights in float16, without PEFT's empty model card.
+``../distill``), the adapters' weights in float16, without PEFT's empty model card or the tokenizer and
+processor (the loader rebuilds them from the base model).
 
 Usage: python configs/ship_reference.py RUN_DIR DEST
 """
@@ -18,10 +19,16 @@ from safetensors.torch import load_file, save_file
 from lavic.artifacts import ADAPTER_WEIGHTS, ARTIFACT_FILE, atomic_directory
 
 
+# Not shipped: PEFT's empty model card, and the tokenizer and processor a run saves beside its
+# adapter. The loader rebuilds both from the base model (`tiny`, shipped once), so two more
+# copies of the 3.5 MB tokenizer would only weigh on the package.
+LEFT_OUT = ("README.md", "tokenizer", "special_tokens_map", "chat_template", "processor_config")
+
+
 def ship(source: Path, dest: Path, *, parent: str | None) -> None:
     with atomic_directory(dest) as tmp:
         for path in source.iterdir():
-            if path.is_file() and path.name != "README.md":
+            if path.is_file() and not path.name.startswith(LEFT_OUT):
                 shutil.copy2(path, tmp / path.name)
         weights = tmp / ADAPTER_WEIGHTS
         state = {k: v.to(torch.float16).contiguous() for k, v in load_file(weights).items()}
