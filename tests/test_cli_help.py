@@ -17,7 +17,8 @@ serve (issue 22); ``serve --max_queue``, ``--queue_timeout_s`` and
 ``demo --num_test`` 50 and ``--reference`` (issue 19); ``synthesize-unseen`` (new command: a
 second held-out catalogue generator); ``demo``'s stage-2 recipe (``--tune_batch_size`` 4,
 ``--tune_lr`` 2e-4, ``--tune_steps`` 40, no ``--tune_curriculum``), ``--distill_lr`` 1e-4 and
-``--num_train`` 60 (issue 19).
+``--num_train`` 60 (issue 19); ``build-tiny --instruct_init`` and ``--instruct_precision``
+(issue 19: continuing tiny's selection LoRA on the broad phrasings).
 """
 
 from __future__ import annotations

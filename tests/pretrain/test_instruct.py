@@ -210,3 +210,45 @@ def test_describing_is_trained_beside_the_selection_and_measured(tmp_path):
     with torch.no_grad():
         assert torch.equal(retention.loss(3), retention.loss(3))
         assert not torch.equal(retention.loss(0), retention.loss(1))
+
+
+def test_broad_format_mixes_in_the_phrasing_generators_conversations():
+    rows = ins.mixed_samples(1100, "train", 12, 4, ["line", "broad", "broad"])
+    assert len(rows) == 12
+    catalogue = ins.selection_samples(1100, "train", 4, 4, ["line"])
+    # a third from the synthetic catalogue (the same draws as without the broad share) ...
+    assert sum(r in catalogue for r in rows) == 4
+    # ... the rest from lavic.pretrain.phrasing, all answerable
+    assert all(r.target in dict(r.candidates) and len(r.candidates) == 4 for r in rows)
+    held = ins.mixed_samples(1100, "test", 4, 4, ["broad"])
+    assert not set(held) & set(rows)  # the test split is another stream
+    assert ins.parse_curriculum("10:8:line+broad") == [(10, 8, ("line", "broad"))]
+
+
+def test_instruct_continues_from_a_saved_adapter_in_bf16_and_measures_the_broad_share(tmp_path):
+    b = build_tiny_random(seed=4)
+    model, _ = ins.instruct(
+        b, _tiny_config(curriculum="2:4", eval_every=100), work_dir=tmp_path / "w"
+    )
+    ins.write_lm_adapter(model, tmp_path / "adapter")
+    b2 = build_tiny_random(seed=4)
+    config = _tiny_config(
+        curriculum="2:4:broad",
+        eval_every=100,
+        lr=0.0,  # nothing moves: the start is the saved adapter, exactly (up to fp16)
+        init_adapter=str(tmp_path / "adapter"),
+        precision="bf16-mixed",
+    )
+    model2, record = ins.instruct(b2, config, work_dir=tmp_path / "w2")
+    lora1 = {n: p for n, p in model.named_parameters() if "lora_" in n}
+    lora2 = dict(model2.named_parameters())
+    assert lora1 and all(torch.allclose(p, lora2[n], atol=1e-3) for n, p in lora1.items())
+    assert {"accuracy", "broad_accuracy"} <= set(record["curve"][0])
+    with pytest.raises(LavicError, match="does not fit this LoRA"):
+        ins.instruct(
+            build_tiny_random(seed=4),
+            _tiny_config(curriculum="2:4", rank=2, alpha=4, init_adapter=str(tmp_path / "adapter")),
+            work_dir=tmp_path / "w3",
+        )
+    with pytest.raises(LavicError, match="precision"):
+        ins.instruct(b2, _tiny_config(precision="fp8"), work_dir=tmp_path / "w4")

@@ -113,7 +113,21 @@ class Args:
     )
     curriculum: str = field(
         default=InstructConfig.curriculum,
-        metadata={"help": "instruct: CANDIDATES:SAMPLES stages, in order"},
+        metadata={
+            "help": "instruct: CANDIDATES:SAMPLES[:FORMAT+FORMAT] stages, in order; formats "
+            "line, title, description, broad (many phrasings: lavic.pretrain.phrasing)"
+        },
+    )
+    instruct_init: Path | None = field(
+        default=None,
+        metadata={
+            "help": "instruct: start the LoRA from this adapter folder (e.g. the shipped "
+            "lm_adapter, continued on new data) instead of zeros"
+        },
+    )
+    instruct_precision: str = field(
+        default=InstructConfig.precision,
+        metadata={"help": "instruct: 32-true, or bf16-mixed (autocast; a CPU with native bf16)"},
     )
     instruct_lr: float = field(
         default=InstructConfig.lr, metadata={"help": "instruct: learning rate"}
@@ -290,6 +304,8 @@ def run_instruct(args: Args, assets: Path, work: Path) -> int:
         describe_weight=args.describe_weight,
         rank=args.instruct_rank,
         alpha=2 * args.instruct_rank,
+        init_adapter=str(args.instruct_init) if args.instruct_init is not None else None,
+        precision=args.instruct_precision,
         eval_every=args.eval_every,
         eval_conversations=args.eval_conversations,
         seed=args.seed,

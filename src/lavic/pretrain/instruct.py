@@ -40,6 +40,7 @@ from lavic.io import atomic_directory, atomic_write_json
 from lavic.model.backbone import Backbone
 from lavic.model.inputs import build_batch
 from lavic.model.lora import LANGUAGE_MODULES, add_lora, module_segments
+from lavic.precision import autocast
 from lavic.pretrain.captions import (
     CaptionSample,
     PromptHead,
@@ -48,6 +49,7 @@ from lavic.pretrain.captions import (
     caption_nll,
     with_head,
 )
+from lavic.pretrain.phrasing import broad_samples
 from lavic.prompts import build_recommend_prompt
 
 log = logging.getLogger(__name__)
@@ -70,6 +72,10 @@ MAX_LENGTH = 1024
 # How a candidate's look is written: on its own line after the title (where LaViC puts the
 # five item tokens), inside the title, or as the teacher description's first sentence.
 LOOK_FORMATS = ("line", "title", "description")
+# A stage may also draw "broad" conversations: lavic.pretrain.phrasing's (many words and
+# phrasings, not the synthetic catalogue's). Repeating a format weighs it ("line+broad+broad").
+BROAD = "broad"
+STAGE_FORMATS = (*LOOK_FORMATS, BROAD)
 LR_SCHEDULES = ("constant", "cosine")  # after the warm-up (InstructConfig.lr_schedule)
 
 
@@ -108,6 +114,12 @@ class InstructConfig:
     # validation rose from 12.1 to 76.9 (docs/tiny.md). 0 turns it off.
     describe_weight: float = 1.0
     describe_batch_size: int = 8
+    # A PEFT adapter folder (same rank and layers) to start the LoRA from instead of zeros:
+    # continuing the shipped adapter on new data (e.g. the broad phrasings).
+    init_adapter: str | None = None
+    # "bf16-mixed": forwards and backwards under CPU/GPU bf16 autocast (2-3x faster on a CPU
+    # with native bf16), the LoRA's weights and the optimizer in float32; or "32-true".
+    precision: str = "32-true"
 
 
 @dataclass(frozen=True)
@@ -138,7 +150,7 @@ def parse_curriculum(spec: str) -> list[tuple[int, int, tuple[str, ...] | None]]
             raise LavicError(f"curriculum stage {part!r}: need >= 2 candidates and >= 1 sample")
         formats = tuple(fields[2].split("+")) if len(fields) == 3 else None
         for fmt in formats or ():
-            if fmt not in LOOK_FORMATS:
+            if fmt not in STAGE_FORMATS:
                 raise LavicError(f"curriculum stage {part!r}: unknown look format {fmt!r}")
         stages.append((n_cand, n_samples, formats))
     return stages
@@ -196,12 +208,30 @@ def selection_samples(
     return rows[:count]
 
 
+def mixed_samples(
+    seed: int, split: str, count: int, num_candidates: int, formats: Sequence[str]
+) -> list[SelectionSample]:
+    """``count`` conversations in ``formats``: the ``broad`` share (by how often it is listed)
+    from :mod:`lavic.pretrain.phrasing`, the rest from the synthetic catalogue ``seed``."""
+    n_broad = round(count * list(formats).count(BROAD) / len(formats))
+    catalogue_formats = [f for f in formats if f != BROAD]
+    rows: list[SelectionSample] = []
+    if count - n_broad:
+        rows += selection_samples(seed, split, count - n_broad, num_candidates, catalogue_formats)
+    if n_broad:
+        # held-out draws for the test split: another stream of the same generator
+        stream = seed if split == "train" else seed + 500_000
+        rows += [SelectionSample(*c) for c in broad_samples(stream, n_broad, num_candidates)]
+        random.Random(f"mix/{seed}/{split}").shuffle(rows)
+    return rows
+
+
 def curriculum_samples(config: InstructConfig) -> list[SelectionSample]:
     """The whole training sequence: each stage from its own catalogue seed."""
     formats = config.look_formats.split(",")
     rows: list[SelectionSample] = []
     for k, (n_cand, n_samples, stage_formats) in enumerate(parse_curriculum(config.curriculum)):
-        rows += selection_samples(
+        rows += mixed_samples(
             config.train_seed + k, "train", n_samples, n_cand, stage_formats or formats
         )
     return rows
@@ -328,6 +358,31 @@ class DescribeRetention:
         return total / max(1, count)
 
 
+def init_lm_adapter(model, adapter_dir: Path) -> None:
+    """Load a saved LM adapter's weights into ``model``'s fresh LoRA (same rank and targets;
+    a mismatch is an error, not a silent partial load)."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    weights = adapter_dir / ADAPTER_WEIGHTS
+    if not weights.is_file():
+        raise LavicError(f"{adapter_dir}: no {ADAPTER_WEIGHTS} to start the instruction LoRA from")
+    state = {k: v.float() for k, v in load_file(str(weights)).items()}
+    try:
+        result = set_peft_model_state_dict(model, state)
+    except RuntimeError as e:  # shape mismatches (another rank)
+        raise LavicError(
+            f"{weights}: does not fit this LoRA ({str(e).splitlines()[1].strip()})"
+        ) from None
+    missing = [k for k in result.missing_keys if "lora_" in k]
+    if missing or result.unexpected_keys:
+        raise LavicError(
+            f"{weights}: does not fit this LoRA ({len(missing)} missing, "
+            f"{len(result.unexpected_keys)} unexpected tensors; same rank and layers needed)"
+        )
+    log.info("instruction LoRA started from %s (%d tensors)", adapter_dir, len(state))
+
+
 def _lr_factor(seen: int, config: InstructConfig, total: int) -> float:
     """Linear warm-up, then constant or cosine to 10% over the whole run."""
     if seen < config.warmup_samples:
@@ -398,18 +453,38 @@ def instruct(
     test = selection_samples(
         config.eval_seed, "test", config.eval_conversations, config.eval_candidates, formats
     )
+    # the broad phrasings' own held-out draws, measured when a stage trains on them
+    uses_broad = any(BROAD in (f or ()) for _, _, f in parse_curriculum(config.curriculum))
+    broad_test = (
+        mixed_samples(
+            config.eval_seed, "test", config.eval_conversations, config.eval_candidates, [BROAD]
+        )
+        if uses_broad or BROAD in formats
+        else []
+    )
+    if config.precision not in ("32-true", "bf16-mixed"):
+        raise LavicError(f"precision {config.precision!r}: choose 32-true or bf16-mixed")
+    amp = autocast(torch.bfloat16 if config.precision == "bf16-mixed" else None)
     if config.describe_weight > 0 and not captions:
         raise LavicError("describe_weight > 0 needs the described images to train on (captions)")
     model = add_lm_adapter(backbone, config)
+    if config.init_adapter is not None:
+        init_lm_adapter(model, Path(config.init_adapter))
     describe = DescribeRetention(backbone, captions, held_captions, config) if captions else None
 
     def measure(samples_seen: int, **extra) -> dict[str, Any]:
         point = {"samples": samples_seen, **extra}
-        point["accuracy"] = round(
-            selection_accuracy(model, backbone, test, max_length=config.max_length), 4
-        )
-        if describe is not None and describe.held:
-            point["describe_nll"] = round(describe.held_nll(model), 4)
+        with amp:
+            point["accuracy"] = round(
+                selection_accuracy(model, backbone, test, max_length=config.max_length), 4
+            )
+            if broad_test:
+                point["broad_accuracy"] = round(
+                    selection_accuracy(model, backbone, broad_test, max_length=config.max_length),
+                    4,
+                )
+            if describe is not None and describe.held:
+                point["describe_nll"] = round(describe.held_nll(model), 4)
         return point
 
     params = [p for p in model.parameters() if p.requires_grad]
@@ -439,12 +514,13 @@ def instruct(
         rows = train[seen : seen + config.batch_size]
         for g in opt.param_groups:
             g["lr"] = config.lr * _lr_factor(seen, config, len(train))
-        loss = selection_loss(model, backbone, rows, config.max_length)
-        losses.append(loss.item())
-        if describe is not None and config.describe_weight > 0:
-            describe_loss = describe.loss(seen // config.batch_size)
-            describe_losses.append(describe_loss.item())
-            loss = loss + config.describe_weight * describe_loss
+        with amp:
+            loss = selection_loss(model, backbone, rows, config.max_length)
+            losses.append(loss.item())
+            if describe is not None and config.describe_weight > 0:
+                describe_loss = describe.loss(seen // config.batch_size)
+                describe_losses.append(describe_loss.item())
+                loss = loss + config.describe_weight * describe_loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
