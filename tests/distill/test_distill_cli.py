@@ -39,8 +39,8 @@ METRIC_KEYS = {
     "val_ppl_teacher",
     "train_images_per_s",
     "image_stats",
-    "trainable_params",
-    "global_step",
+    "trainable_parameters",
+    "steps",
 }
 
 
@@ -100,7 +100,7 @@ def test_distill_end_to_end(tiny_catalogue, tmp_path):
         "unsafe": 1,
         "oversized": 0,
     }
-    assert metrics["global_step"] == 6  # 6 train images, batch 2, 2 epochs
+    assert metrics["steps"] == 6  # 6 train images, batch 2, 2 epochs
     # The artefact describes itself and its config is loadable again with --config.
     info = read_artifact_info(best)
     assert info["kind"] == "distill" and info["base_model"] == "tiny-random"
@@ -145,7 +145,7 @@ def test_yaml_config_gives_options_and_flags_override(tiny_catalogue, tmp_path):
     saved = yaml.safe_load((out / BEST_DIR / "config.yaml").read_text())
     assert saved["num_epochs"] == 3 and saved["max_steps"] == 1 and saved["lora_r"] == 4
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["global_step"] == 1 and metrics["val_ppl_teacher"] is None
+    assert metrics["steps"] == 1 and metrics["val_ppl_teacher"] is None
     adapter = json.loads((out / BEST_DIR / "adapter_config.json").read_text())
     assert adapter["r"] == 4
 

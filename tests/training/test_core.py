@@ -21,6 +21,7 @@ from lavic.training.trainer import (
     atomic_checkpoint_io,
     checkpoint_callbacks,
     parse_devices,
+    raise_if_interrupted,
 )
 
 
@@ -92,6 +93,17 @@ def test_parse_devices(text, value):
 def test_parse_devices_refuses_junk():
     with pytest.raises(LavicError, match="--devices"):
         parse_devices("gpu0")
+
+
+def test_an_interrupted_fit_stops_both_stages_before_they_write():
+    import lightning as L
+    from lightning.pytorch.trainer.states import TrainerStatus
+
+    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    raise_if_interrupted(trainer)  # a trainer that was not interrupted passes
+    trainer.state.status = TrainerStatus.INTERRUPTED  # what Lightning sets on an exception
+    with pytest.raises(LavicError, match="--resume"):
+        raise_if_interrupted(trainer)
 
 
 def test_resume_rule(tmp_path, caplog):

@@ -145,7 +145,7 @@ def run(args: Args) -> int:
     from lavic.precision import check_on_loader, resolve_precision
     from lavic.training.resume import checkpoint_to_resume
     from lavic.training.sampler import make_loader
-    from lavic.training.trainer import build_trainer
+    from lavic.training.trainer import build_trainer, raise_if_interrupted
 
     for path in (args.train_data, args.val_data):
         if not path.is_file():
@@ -243,8 +243,7 @@ def run(args: Args) -> int:
         mismatched = MismatchedImages(val_set)
         fit_val_loaders.append(make_loader(mismatched, student, shuffle=False, **loader_kw))
     trainer.fit(module, train_loader, fit_val_loaders, ckpt_path=resume_from, weights_only=True)
-    if trainer.interrupted:
-        raise LavicError("training interrupted; continue it with --resume")
+    raise_if_interrupted(trainer)
     global_step = int(trainer.global_step)
     if global_step > 0 and (not module.history or module.history[-1]["step"] != global_step):
         # Stopped between validations (--max_steps): score the final weights too.
@@ -297,10 +296,10 @@ def run(args: Args) -> int:
         "train_images": module.train_images,
         "train_seconds": module.train_seconds,
         "fit_seconds": fit_seconds,
-        "global_step": global_step,
+        "steps": global_step,
         "world_size": trainer.world_size,
         "precision": precision,
-        "trainable_params": trainable,
+        "trainable_parameters": trainable,
         "total_params": total,
         "train_samples": len(train_samples),
         "val_samples": len(val_samples),

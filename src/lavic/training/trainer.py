@@ -178,6 +178,14 @@ def checkpoint_callbacks(ckpt_path: Path, every_n_steps: int | None) -> list[L.C
     return callbacks
 
 
+def raise_if_interrupted(trainer: L.Trainer) -> None:
+    """After ``fit``: a run Lightning stopped early (its status INTERRUPTED, e.g. an exception
+    in a callback it handled) must not go on to write its artefacts as if finished. Both
+    stages call this; the last checkpoint is on disk, so ``--resume`` continues."""
+    if trainer.interrupted:
+        raise LavicError("training interrupted; continue it with --resume")
+
+
 def build_trainer(
     args: TrainerArgs,
     *,
@@ -248,4 +256,5 @@ __all__ = [
     "build_trainer",
     "checkpoint_callbacks",
     "parse_devices",
+    "raise_if_interrupted",
 ]

@@ -170,7 +170,7 @@ def run(args: Args) -> int:
     )
     from lavic.training.resume import checkpoint_to_resume
     from lavic.training.sampler import make_loader
-    from lavic.training.trainer import build_trainer
+    from lavic.training.trainer import build_trainer, raise_if_interrupted
     from lavic.tune.data import (
         RecommendCollator,
         RecommendDataset,
@@ -339,6 +339,7 @@ def run(args: Args) -> int:
         ckpt_path=ckpt_path,
         weights_only=True,  # our checkpoints hold only tensors and plain containers
     )
+    raise_if_interrupted(trainer)
     if module.last_validated_step != trainer.global_step:
         # Stopped by --max_steps mid-epoch: validate the final weights too.
         trainer.validate(module, valid_loader, verbose=False)
