@@ -326,6 +326,8 @@ def run_instruct(args: Args, assets: Path, work: Path) -> int:
         held_captions=held,
     )
     write_lm_adapter(model, assets / LM_ADAPTER_DIR)
+    if args.instruct_init is not None:  # a continuation: keep the record it continued
+        record["continued"] = (read_metrics(assets) or {}).get("instruct")
     _update_metrics(assets, "instruct", record)
     print(json.dumps(record["curve"], indent=2))
     return 0

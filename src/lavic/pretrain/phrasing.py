@@ -7,9 +7,10 @@ on a generator it never saw (docs/synthetic.md). This module draws text-only con
 from a much wider space, so the skill becomes "find the candidate whose text says the requested
 colour and pattern", whatever the words:
 
-* ~60 colour words and ~20 patterns, each with several spellings (``stripes`` / ``striped`` /
-  ``stripy``, ``dots`` / ``dotted`` / ``spotted``, ``plain`` / ``solid``), the request's and
-  the title's drawn independently;
+* ~70 colour words in 12 families and 18 patterns, each with several spellings (``stripes`` /
+  ``striped`` / ``stripy``, ``dots`` / ``dotted`` / ``spotted``, ``plain`` / ``solid``), the
+  request's and the title's drawn independently; a request may name the colour by another word
+  of its family (``red`` for a ``crimson`` title), never ambiguous within a list;
 * a dozen ways of writing the look beside a title (on its own line, where LaViC puts the five
   item tokens; in brackets; after a dash; as ``Colour: ... | Pattern: ...``; before the title);
 * request sentences, submission titles, openers and comments of their own;
@@ -29,16 +30,29 @@ from dataclasses import dataclass
 
 from lavic.errors import LavicError
 
-COLOURS: tuple[str, ...] = (
-    "red", "blue", "green", "yellow", "orange", "purple", "white", "black", "grey", "brown",
-    "beige", "navy", "teal", "turquoise", "maroon", "burgundy", "olive", "lime", "mint",
-    "lavender", "lilac", "violet", "magenta", "fuchsia", "coral", "salmon", "peach", "mustard",
-    "gold", "silver", "charcoal", "ivory", "khaki", "tan", "rust", "indigo", "aqua", "cyan",
-    "sky blue", "forest green", "sage", "crimson", "ruby", "sapphire", "amber", "bronze",
-    "copper", "rose", "mauve", "taupe", "slate", "denim", "wine", "cherry", "lemon", "apricot",
-    "sand", "ochre", "jade", "periwinkle", "cerulean", "vermilion", "lemon yellow", "baby blue",
-    "bottle green", "dusty rose", "off-white", "graphite", "blush", "honey",
+# Colour words by family. A list never holds two colours of one family, and a request may
+# name the answer's colour by another word of its family ("red" for a "crimson" title): a
+# shop's colour names are many, a buyer's few, and LaViC's item tokens read like the common
+# word (the [CLS]-path warm start pulls them to it), so the skill must match by meaning.
+COLOUR_FAMILIES: tuple[tuple[str, ...], ...] = (
+    ("red", "crimson", "ruby", "cherry", "vermilion", "burgundy", "maroon", "wine"),
+    ("orange", "amber", "apricot", "peach", "rust", "copper"),
+    ("yellow", "mustard", "lemon", "lemon yellow", "gold", "honey", "ochre"),
+    ("green", "olive", "lime", "mint", "forest green", "sage", "jade", "bottle green"),
+    ("blue", "navy", "sky blue", "baby blue", "sapphire", "denim", "cerulean", "indigo",
+     "periwinkle"),
+    ("teal", "turquoise", "aqua", "cyan"),
+    ("purple", "violet", "lavender", "lilac", "magenta", "fuchsia", "mauve"),
+    ("rose", "blush", "dusty rose", "coral", "salmon"),
+    ("brown", "tan", "khaki", "taupe", "bronze", "sand", "beige"),
+    ("white", "ivory", "off-white"),
+    ("grey", "charcoal", "graphite", "slate", "silver"),
+    ("black",),
 )  # fmt: skip
+COLOURS: tuple[str, ...] = tuple(c for family in COLOUR_FAMILIES for c in family)
+FAMILY_OF: dict[str, tuple[str, ...]] = {c: f for f in COLOUR_FAMILIES for c in f}
+# How often a request names the answer's colour by another word of its family.
+SIBLING_RATE = 0.3
 
 
 @dataclass(frozen=True)
@@ -74,7 +88,6 @@ PATTERNS: tuple[PatternWords, ...] = (
     PatternWords(("leopard-print", "leopard"), ("leopard print", "animal print"),
                  ("in leopard print", "with an animal print")),
     PatternWords(("herringbone",), ("herringbone",), ("in herringbone", "with a herringbone weave")),
-    PatternWords(("tartan", "plaid"), ("tartan", "plaid"), ("in tartan", "with a plaid pattern")),
     PatternWords(("marbled", "marble-effect"), ("marbling", "marble effect"),
                  ("with marbling", "with a marble effect")),
     PatternWords(("houndstooth",), ("houndstooth",), ("in houndstooth", "with houndstooth")),
@@ -83,8 +96,6 @@ PATTERNS: tuple[PatternWords, ...] = (
     PatternWords(("tie-dye", "tie-dyed"), ("tie-dye",), ("in tie-dye", "with a tie-dye look")),
     PatternWords(("wavy", "wave-print"), ("waves", "wavy lines"),
                  ("with waves", "with wavy lines")),
-    PatternWords(("geometric",), ("geometric shapes", "triangles"),
-                 ("with geometric shapes", "with a geometric print")),
     PatternWords(("honeycomb", "hexagonal"), ("hexagons", "honeycomb"),
                  ("with hexagons", "with a honeycomb print")),
 )  # fmt: skip
@@ -170,6 +181,9 @@ _COMMENTS = (
 )  # fmt: skip
 _REPLIES = ("Thanks! {r}", "Sure. {r}", "Good question. {r}", "Yes. {r}", "Noted. {r}")
 
+# (No tartan/plaid or "geometric": too close to checks and to diamonds/hexagons to tell apart
+# by meaning, and a list must have exactly one right answer.)
+
 # What `lavic synthesize-unseen` uses (tested against its vocabulary): never drawn here.
 UNSEEN_WORDS = frozenset(
     {"scarlet", "tangerine", "emerald", "cobalt", "plum", "pink", "chocolate", "cream",
@@ -205,6 +219,9 @@ def _look(rng: random.Random, title: str, colour: str, pattern: PatternWords) ->
 
 
 def _context(rng: random.Random, kind: str, colour: str, pattern: PatternWords) -> str:
+    family = FAMILY_OF[colour]
+    if len(family) > 1 and rng.random() < SIBLING_RATE:
+        colour = rng.choice([c for c in family if c != colour])
     request = rng.choice(REQUESTS).format(
         c=colour,
         C=_cap(colour),
@@ -235,7 +252,7 @@ def broad_sample(rng: random.Random, num_candidates: int) -> Conversation:
     kind = rng.choice(KINDS)
     n_patterns = rng.randint(2, min(4, num_candidates))
     n_colours = -(-num_candidates // n_patterns) + rng.randint(0, 2)
-    colours = rng.sample(COLOURS, n_colours)
+    colours = [rng.choice(f) for f in rng.sample(COLOUR_FAMILIES, n_colours)]
     patterns = rng.sample(PATTERNS, n_patterns)
     cells = [(c, p) for c in colours for p in patterns]
     answer = cells[0]
@@ -258,4 +275,12 @@ def broad_samples(seed: int, count: int, num_candidates: int) -> list[Conversati
     return [broad_sample(rng, num_candidates) for _ in range(count)]
 
 
-__all__ = ["COLOURS", "KINDS", "LOOK_SLOTS", "PATTERNS", "Conversation", "broad_samples"]
+__all__ = [
+    "COLOURS",
+    "COLOUR_FAMILIES",
+    "KINDS",
+    "LOOK_SLOTS",
+    "PATTERNS",
+    "Conversation",
+    "broad_samples",
+]
