@@ -83,8 +83,20 @@ def test_cuda_with_bf16_picks_bf16_without_the_cpu_check(monkeypatch):
 def test_other_accelerators_keep_fp32(cpu_only, monkeypatch):
     monkeypatch.setattr(P, "cpu_has_native_bf16", lambda: True)
     assert P.resolve_precision("auto", "mps", check=_passing) == "32-true"
-    assert not P.cpu_bf16_possible("auto", "mps")
-    assert P.cpu_bf16_possible("auto", "cpu") and not P.cpu_bf16_possible("32-true", "cpu")
+
+
+def test_one_load_dtype_rule_for_both_stages(cpu_only, monkeypatch):
+    """Half-precision weights only on a GPU; on a CPU `*-mixed` and `auto` keep float32
+    weights (autocast computes in bf16), `*-true` casts everything."""
+    assert P.load_dtype("auto", "cpu") == P.load_dtype("bf16-mixed", "cpu") == torch.float32
+    assert P.load_dtype("32-true", "auto") == torch.float32
+    assert P.load_dtype("bf16-true", "cpu") == torch.bfloat16
+    monkeypatch.setattr(P, "runs_on_cuda", lambda accelerator: True)
+    monkeypatch.setattr(P, "cuda_has_bf16", lambda: True)
+    assert P.load_dtype("auto", "gpu") == P.load_dtype("bf16-mixed", "gpu") == torch.bfloat16
+    assert P.load_dtype("16-mixed", "gpu") == torch.float16
+    monkeypatch.setattr(P, "cuda_has_bf16", lambda: False)
+    assert P.load_dtype("auto", "gpu") == torch.float32
 
 
 @pytest.mark.parametrize(

@@ -77,14 +77,20 @@ def runs_on_cuda(accelerator: str) -> bool:
     return accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
 
 
-def cpu_bf16_possible(precision: str, accelerator: str) -> bool:
-    """Whether ``auto`` may pick bf16 on this CPU (pending :func:`bf16_matches_fp32`)."""
-    return (
-        precision == "auto"
-        and accelerator in ("auto", "cpu")
-        and not runs_on_cuda(accelerator)
-        and cpu_has_native_bf16()
-    )
+def load_dtype(precision: str, accelerator: str) -> torch.dtype:
+    """The dtype a training stage loads its frozen weights in, before ``precision`` is final.
+
+    The one rule of both stages: half-precision weights only where the work runs on a GPU
+    (:func:`weights_dtype`); on a CPU, ``*-mixed`` is autocast over float32 weights, which is
+    also the model ``auto``'s bf16 check compares (:func:`resolve_precision` then settles the
+    precision on the run's own batches). ``*-true`` casts everything, on any device.
+    """
+    on_gpu = runs_on_cuda(accelerator)
+    if precision == "auto":
+        return torch.bfloat16 if on_gpu and cuda_has_bf16() else torch.float32
+    if precision.endswith("-mixed") and not on_gpu:
+        return torch.float32
+    return weights_dtype(precision)
 
 
 @dataclass(frozen=True)
@@ -235,7 +241,7 @@ __all__ = [
     "autocast",
     "bf16_matches_fp32",
     "check_on_loader",
-    "cpu_bf16_possible",
+    "load_dtype",
     "cpu_has_native_bf16",
     "cuda_has_bf16",
     "resolve_precision",

@@ -270,8 +270,14 @@ def test_tune_text_only_and_resume(stage1, catalogue, tmp_path: Path):
     assert [s["step"] for s in resumed["train_steps"]] == [1, 2, 3, 4]  # history carried over
 
 
-def test_tune_bf16_mixed(stage1, catalogue, tmp_path: Path):
-    """The GPU default: frozen weights (and so the cached tokens) in bf16, LoRA in fp32."""
+@pytest.mark.parametrize(("on_gpu", "frozen"), [(True, "bfloat16"), (False, "float32")])
+def test_tune_bf16_mixed(stage1, catalogue, tmp_path: Path, monkeypatch, on_gpu, frozen):
+    """On a GPU (the rule, emulated here): frozen weights, and so the cached tokens, in bf16;
+    on a CPU: float32 weights under bf16 autocast (lavic.precision.load_dtype, as stage 1).
+    The LoRA trains in float32 either way."""
+    from lavic import precision as P
+
+    monkeypatch.setattr(P, "runs_on_cuda", lambda accelerator: on_gpu)
     out = tmp_path / "ft"
     assert (
         tune(stage1, catalogue, out, "--precision", "bf16-mixed", "--max_steps", "2", "--skip_eval")
@@ -279,7 +285,7 @@ def test_tune_bf16_mixed(stage1, catalogue, tmp_path: Path):
     )
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["precision"] == "bf16-mixed" and metrics["steps"] == 2
-    assert json.loads((out / "item_tokens" / "index.json").read_text())["dtype"] == "bfloat16"
+    assert json.loads((out / "item_tokens" / "index.json").read_text())["dtype"] == frozen
     weights = load_file(out / "trained_lora_adapter" / "adapter_model.safetensors")
     assert {t.dtype for t in weights.values()} == {torch.float32}
     assert any(t.abs().sum() > 0 for k, t in weights.items() if "lora_B" in k)  # it trained

@@ -142,7 +142,7 @@ def run(args: Args) -> int:
     )
     from lavic.model.backbone import check_catalogue, load_backbone, unwrap
     from lavic.model.lora import add_vision_lora, count_parameters
-    from lavic.precision import check_on_loader, resolve_precision
+    from lavic.precision import check_on_loader, load_dtype, resolve_precision
     from lavic.training.resume import checkpoint_to_resume
     from lavic.training.sampler import make_loader
     from lavic.training.trainer import build_trainer, raise_if_interrupted
@@ -171,7 +171,10 @@ def run(args: Args) -> int:
     parent = args.model_name if parent_info is not None else None
     base_model = parent_info["base_model"] if parent_info is not None else args.model_name
     check_catalogue(base_model, train_meta, args.train_data)
-    backbone = load_backbone(args.model_name)
+    # the one precision rule (lavic.precision.load_dtype); the precision is settled below
+    dtype = load_dtype(args.precision, args.accelerator)
+    backbone = load_backbone(args.model_name, dtype=dtype)
+    backbone.model.to(dtype)  # built-in backbones (tiny-random) are built in float32
     if args.gradient_checkpointing and args.strategy != "fsdp":  # FSDP checkpoints per block
         backbone.model.gradient_checkpointing_enable(
             gradient_checkpointing_kwargs={"use_reentrant": False}

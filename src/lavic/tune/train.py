@@ -162,12 +162,7 @@ def run(args: Args) -> int:
     from lavic.model.backbone import load_backbone
     from lavic.model.compute import prompt_logits
     from lavic.model.lora import add_language_lora, count_parameters
-    from lavic.precision import (
-        check_on_loader,
-        cpu_bf16_possible,
-        resolve_precision,
-        weights_dtype,
-    )
+    from lavic.precision import check_on_loader, load_dtype, resolve_precision
     from lavic.training.resume import checkpoint_to_resume
     from lavic.training.sampler import make_loader
     from lavic.training.trainer import build_trainer, raise_if_interrupted
@@ -221,14 +216,9 @@ def run(args: Args) -> int:
     train_samples = make_samples(train_convs, args.candidate_type, seed=args.seed)
     valid_samples = make_samples(valid_convs, args.candidate_type, seed=args.seed)
 
-    # -- model: base + stage-1 adapter merged. `auto` may pick CPU bf16 only after the check
-    # below, on the float32 weights it would train with (autocast computes in bf16).
-    cpu_bf16_candidate = cpu_bf16_possible(args.precision, args.accelerator)
-    if cpu_bf16_candidate:
-        precision = "32-true"  # until the check (float32 weights either way)
-    else:
-        precision = resolve_precision(args.precision, args.accelerator)
-    dtype = weights_dtype(precision)
+    # -- model: base + stage-1 adapter merged, in the dtype of the one precision rule
+    # (lavic.precision.load_dtype); the precision itself is settled below, on the run's batches.
+    dtype = load_dtype(args.precision, args.accelerator)
     backbone = load_backbone(args.model_dir, dtype=dtype)
     backbone.model.to(dtype)  # built-in backbones (tiny-random) are built in float32
     if args.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
@@ -323,12 +313,10 @@ def run(args: Args) -> int:
     )
     module.train_sampler = train_sampler
 
-    if cpu_bf16_candidate:
-        # Float32 weights vs CPU bf16 autocast on the first validation batches; LoRA's B is
-        # still 0, so this is the model the run starts from.
-        logits_fn = functools.partial(prompt_logits, model, tokenizer)
-        check = check_on_loader(logits_fn, valid_loader)
-        precision = resolve_precision("auto", args.accelerator, check=check)
+    # For `auto` on a CPU with native bf16: float32 vs bf16 autocast on the first validation
+    # batches (run only then); LoRA's B is still 0, so this is the model the run starts from.
+    check = check_on_loader(functools.partial(prompt_logits, model, tokenizer), valid_loader)
+    precision = resolve_precision(args.precision, args.accelerator, check=check)
     trainer = build_trainer(args, model=model, precision=precision, output_dir=out)
     ckpt_path = checkpoint_to_resume(out / CHECKPOINT_DIR / LAST_CHECKPOINT, resume=args.resume)
     model.train()  # backbones load in eval mode; LoRA dropout acts only in train mode
