@@ -151,7 +151,54 @@ def _looks_like_path(name: str | Path) -> bool:
 # ---------------------------------------------------------------------------------------- run
 
 
+@dataclass
+class TuneSetup:
+    """What :func:`set_up` builds and :func:`fit` and :func:`write` use: the model with its
+    LoRA, the loaders, the Lightning module, the lineage, and the facts about the data that
+    ``metrics.json`` reports (``record``, in its order)."""
+
+    backbone: Any  # lavic.model.backbone.Backbone
+    model: Any  # the PeftModel (LoRA on the language model)
+    module: Any  # lavic.tune.module.RecommendTuner
+    train_loader: Any
+    valid_loader: Any
+    base_model: str
+    parent: Path | None
+    cache_dir: Path
+    record: dict[str, Any]
+
+
 def run(args: Args) -> int:
+    """Set up, fit, write the artefact; then evaluate it on the test split (unless
+    ``--skip_eval``), reloaded exactly as ``lavic evaluate`` would."""
+    setup = set_up(args)
+    trainer, precision = fit(args, setup)
+    adapter_dir, metrics = write(args, setup, trainer, precision)
+    if args.skip_eval or not trainer.is_global_zero:
+        return 0
+    cache_dir = None if args.no_images else setup.cache_dir
+    del trainer, setup  # the model and its loaders: the evaluation loads the artefact anew
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    from lavic.evaluation.evaluate import Args as EvaluateArgs
+    from lavic.evaluation.evaluate import Evaluator
+
+    evaluation = EvaluateArgs.following(
+        args,
+        model_dir=adapter_dir,
+        output_dir=Path(args.finetune_output_dir),
+        split="test",
+        batch_size=args.batch_size,
+        cache_dir=cache_dir,
+    )
+    Evaluator(evaluation).evaluate(train_info=metrics)
+    return 0
+
+
+def set_up(args: Args) -> TuneSetup:
+    """The lineage, the conversations, the model (stage-1 adapter merged, LoRA added), the
+    item-token cache (filled once, before any step) and the loaders."""
     import lightning as L
 
     from lavic.artifacts import read_artifact_info
@@ -160,12 +207,9 @@ def run(args: Args) -> int:
     from lavic.data.loaders import item_title, items_without_title, load_item_meta, load_split
     from lavic.data.records import LoadReport
     from lavic.model.backbone import load_backbone
-    from lavic.model.compute import prompt_logits
     from lavic.model.lora import add_language_lora, count_parameters
-    from lavic.precision import check_on_loader, load_dtype, resolve_precision
-    from lavic.training.resume import checkpoint_to_resume
+    from lavic.precision import load_dtype
     from lavic.training.sampler import make_loader
-    from lavic.training.trainer import build_trainer, raise_if_interrupted
     from lavic.tune.data import (
         RecommendCollator,
         RecommendDataset,
@@ -217,7 +261,7 @@ def run(args: Args) -> int:
     valid_samples = make_samples(valid_convs, args.candidate_type, seed=args.seed)
 
     # -- model: base + stage-1 adapter merged, in the dtype of the one precision rule
-    # (lavic.precision.load_dtype); the precision itself is settled below, on the run's batches.
+    # (lavic.precision.load_dtype); the precision itself is settled in `fit`, on the batches.
     dtype = load_dtype(args.precision, args.accelerator)
     backbone = load_backbone(args.model_dir, dtype=dtype)
     backbone.model.to(dtype)  # built-in backbones (tiny-random) are built in float32
@@ -301,9 +345,6 @@ def run(args: Args) -> int:
         **loader_kw,
     )
     valid_loader = make_loader(valid_ds, collate, shuffle=False, **loader_kw)
-    train_sampler = train_loader.sampler
-    truncated_targets = _count_truncated_targets(tokenizer, (train_ds, valid_ds), args.max_length)
-
     module = RecommendTuner(
         model,
         tokenizer,
@@ -311,42 +352,9 @@ def run(args: Args) -> int:
         weight_decay=args.weight_decay,
         log_every_n_steps=args.log_every_n_steps,
     )
-    module.train_sampler = train_sampler
+    module.train_sampler = train_loader.sampler
 
-    # For `auto` on a CPU with native bf16: float32 vs bf16 autocast on the first validation
-    # batches (run only then); LoRA's B is still 0, so this is the model the run starts from.
-    check = check_on_loader(functools.partial(prompt_logits, model, tokenizer), valid_loader)
-    precision = resolve_precision(args.precision, args.accelerator, check=check)
-    trainer = build_trainer(args, model=model, precision=precision, output_dir=out)
-    ckpt_path = checkpoint_to_resume(out / CHECKPOINT_DIR / LAST_CHECKPOINT, resume=args.resume)
-    model.train()  # backbones load in eval mode; LoRA dropout acts only in train mode
-    trainer.fit(
-        module,
-        train_loader,
-        valid_loader,
-        ckpt_path=ckpt_path,
-        weights_only=True,  # our checkpoints hold only tensors and plain containers
-    )
-    raise_if_interrupted(trainer)
-    if module.last_validated_step != trainer.global_step:
-        # Stopped by --max_steps mid-epoch: validate the final weights too.
-        trainer.validate(module, valid_loader, verbose=False)
-    module.restore_best()
-
-    history = module.history
-    epochs = _merge_epochs(history)
-    metrics: dict[str, Any] = {
-        "kind": "tune",
-        "model_dir": str(args.model_dir),
-        "base_model": base_model,
-        "category": args.category,
-        "candidate_type": args.candidate_type,
-        "no_images": args.no_images,
-        "lr": args.lr,
-        "weight_decay": args.weight_decay,
-        "num_epochs": args.num_epochs,
-        "candidate_curriculum": stages,
-        "precision": precision,
+    record = {
         "train_conversations": len(train_convs),
         "valid_conversations": len(valid_convs),
         "train_samples": len(train_ds),
@@ -361,7 +369,9 @@ def run(args: Args) -> int:
             "train": train_ds.tokens_dropped,
             "valid": valid_ds.tokens_dropped,
         },
-        "truncated_targets": truncated_targets,
+        "truncated_targets": _count_truncated_targets(
+            tokenizer, (train_ds, valid_ds), args.max_length
+        ),
         "candidate_items": len(item_ids),
         "items_without_title": len(missing_titles),
         "missing_images": image_stats.placeholders if with_images else None,
@@ -369,8 +379,74 @@ def run(args: Args) -> int:
         "item_token_cache": {"dir": str(cache_dir), **cache_report} if cache_report else None,
         "trainable_parameters": trainable,
         "total_parameters": total,
+    }
+    return TuneSetup(
+        backbone=backbone,
+        model=model,
+        module=module,
+        train_loader=train_loader,
+        valid_loader=valid_loader,
+        base_model=base_model,
+        parent=parent,
+        cache_dir=cache_dir,
+        record=record,
+    )
+
+
+def fit(args: Args, setup: TuneSetup) -> tuple[Any, str]:
+    """Settle the precision, train (resuming if asked), validate the final weights when
+    ``--max_steps`` stopped mid-epoch, and put the best epoch's LoRA back; returns the
+    trainer and the precision."""
+    from lavic.model.compute import prompt_logits
+    from lavic.precision import check_on_loader, resolve_precision
+    from lavic.training.resume import checkpoint_to_resume
+    from lavic.training.trainer import build_trainer, raise_if_interrupted
+
+    out = Path(args.finetune_output_dir)
+    model, module = setup.model, setup.module
+    # For `auto` on a CPU with native bf16: float32 vs bf16 autocast on the first validation
+    # batches (run only then); LoRA's B is still 0, so this is the model the run starts from.
+    logits_fn = functools.partial(prompt_logits, model, setup.backbone.tokenizer)
+    check = check_on_loader(logits_fn, setup.valid_loader)
+    precision = resolve_precision(args.precision, args.accelerator, check=check)
+    trainer = build_trainer(args, model=model, precision=precision, output_dir=out)
+    ckpt_path = checkpoint_to_resume(out / CHECKPOINT_DIR / LAST_CHECKPOINT, resume=args.resume)
+    model.train()  # backbones load in eval mode; LoRA dropout acts only in train mode
+    trainer.fit(
+        module,
+        setup.train_loader,
+        setup.valid_loader,
+        ckpt_path=ckpt_path,
+        weights_only=True,  # our checkpoints hold only tensors and plain containers
+    )
+    raise_if_interrupted(trainer)
+    if module.last_validated_step != trainer.global_step:
+        # Stopped by --max_steps mid-epoch: validate the final weights too.
+        trainer.validate(module, setup.valid_loader, verbose=False)
+    module.restore_best()
+    return trainer, precision
+
+
+def write(args: Args, setup: TuneSetup, trainer, precision: str) -> tuple[Path, dict[str, Any]]:
+    """The run's metrics, and on rank 0 the artefact (``trained_lora_adapter/``) and a fresh
+    ``metrics.json``; returns the artefact's folder and the metrics."""
+    module = setup.module
+    history = module.history
+    metrics: dict[str, Any] = {
+        "kind": "tune",
+        "model_dir": str(args.model_dir),
+        "base_model": setup.base_model,
+        "category": args.category,
+        "candidate_type": args.candidate_type,
+        "no_images": args.no_images,
+        "lr": args.lr,
+        "weight_decay": args.weight_decay,
+        "num_epochs": args.num_epochs,
+        "candidate_curriculum": args.candidate_curriculum or [],
+        "precision": precision,
+        **setup.record,
         "steps": trainer.global_step,
-        "epochs": epochs,
+        "epochs": _merge_epochs(history),
         "train_steps": history["train_steps"],
         # The precision that computed the best val_loss: recompute it under the same one.
         "best": {**module.best, "precision": precision} if module.best else None,
@@ -382,6 +458,7 @@ def run(args: Args) -> int:
             else None
         ),
     }
+    out = Path(args.finetune_output_dir)
     adapter_dir = out / ADAPTER_DIR
     if trainer.is_global_zero:
         from lavic.artifacts import write_artifact, write_metrics
@@ -389,12 +466,12 @@ def run(args: Args) -> int:
         write_artifact(
             adapter_dir,
             kind="tune",
-            model=model,
-            backbone=backbone,
+            model=setup.model,
+            backbone=setup.backbone,
             config=args,
             metrics=metrics,
-            base_model=base_model,
-            parent=parent,
+            base_model=setup.base_model,
+            parent=setup.parent,
         )
         # A fresh metrics.json: any evaluation of an earlier run in this folder is stale.
         metrics_path = write_metrics(out, metrics)
@@ -405,27 +482,7 @@ def run(args: Args) -> int:
             adapter_dir,
             metrics_path,
         )
-    if args.skip_eval or not trainer.is_global_zero:
-        return 0
-
-    # Evaluate the artefact as written (reloaded exactly as `lavic evaluate` would).
-    del trainer, module, model, backbone, cache, train_loader, valid_loader
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-    from lavic.evaluation.evaluate import Args as EvaluateArgs
-    from lavic.evaluation.evaluate import Evaluator
-
-    evaluation = EvaluateArgs.following(
-        args,
-        model_dir=adapter_dir,
-        output_dir=out,
-        split="test",
-        batch_size=args.batch_size,
-        cache_dir=None if args.no_images else cache_dir,
-    )
-    Evaluator(evaluation).evaluate(train_info=metrics)
-    return 0
+    return adapter_dir, metrics
 
 
 def _count_truncated_targets(tokenizer, datasets, max_length: int) -> int:
