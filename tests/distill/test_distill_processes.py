@@ -51,7 +51,7 @@ def test_ddp_two_processes_on_cpu(tiny_catalogue, tmp_path):
     assert m2["val_loss_before"] == pytest.approx(m1["val_loss_before"], rel=1e-5)
     assert m2["val_loss_teacher"] == pytest.approx(m1["val_loss_teacher"], rel=1e-5)
     # 6 training images, batch 2 per process: 2 steps per epoch instead of 3.
-    assert m1["global_step"] == 3 and m2["global_step"] == 2
+    assert m1["steps"] == 3 and m2["steps"] == 2
     # Images seen by either process are counted once.
     assert m2["image_stats"] == m1["image_stats"]
     assert (tmp_path / "ddp" / "vision_lora_adapter_best" / "adapter_model.safetensors").is_file()
@@ -110,5 +110,5 @@ def test_sigkill_then_resume(tiny_catalogue, tmp_path):
         in resumed.stderr
     )
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["global_step"] == killed_at["global_step"] + 2
+    assert metrics["steps"] == killed_at["global_step"] + 2
     assert not [p for p in ckpt.parent.iterdir() if p.name != LAST_CHECKPOINT]

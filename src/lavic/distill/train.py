@@ -128,11 +128,37 @@ def _load_samples(path: Path, *, lenient: bool, limit: int | None, what: str):
 # ---------------------------------------------------------------------------------- run
 
 
+@dataclass
+class DistillSetup:
+    """What :func:`set_up` builds and :func:`fit` and :func:`write` use."""
+
+    backbone: Any  # lavic.model.backbone.Backbone
+    peft_model: Any  # LoRA on the vision tower and projector
+    module: Any  # lavic.distill.module.DistillModule
+    train_loader: Any
+    val_loader: Any  # the student path on the validation images
+    fit_val_loaders: list[Any]  # + the other-image control (--mismatched_eval)
+    teacher_loader: Any  # the full image tokens on the validation images
+    base_model: str
+    best_dir: Path
+    record: dict[str, Any]  # the data facts metrics.json reports
+
+
 def run(args: Args) -> int:
     """Train the vision LoRA; write the best artefact, metrics and (optionally) the merged model."""
+    setup = set_up(args)
+    trainer, precision, fit_seconds = fit(args, setup)
+    if trainer.is_global_zero:
+        write(args, setup, trainer, precision, fit_seconds)
+    return 0
+
+
+def set_up(args: Args) -> DistillSetup:
+    """The described images, the model with its vision LoRA, the loaders, and the module that
+    writes the artefact on each new best validation (gathered, so FSDP-safe)."""
     import lightning as L
 
-    from lavic.artifacts import read_artifact_info, read_metrics, write_artifact, write_metrics
+    from lavic.artifacts import read_artifact_info, write_artifact
     from lavic.distill.module import (
         DescribedImageDataset,
         DistillModule,
@@ -140,12 +166,10 @@ def run(args: Args) -> int:
         StudentCollator,
         TeacherCollator,
     )
-    from lavic.model.backbone import check_catalogue, load_backbone, unwrap
+    from lavic.model.backbone import check_catalogue, load_backbone
     from lavic.model.lora import add_vision_lora, count_parameters
-    from lavic.precision import check_on_loader, load_dtype, resolve_precision
-    from lavic.training.resume import checkpoint_to_resume
+    from lavic.precision import load_dtype
     from lavic.training.sampler import make_loader
-    from lavic.training.trainer import build_trainer, raise_if_interrupted
 
     for path in (args.train_data, args.val_data):
         if not path.is_file():
@@ -155,9 +179,7 @@ def run(args: Args) -> int:
             raise LavicError(f"{path}: no such image folder")
 
     L.seed_everything(args.seed, workers=True, verbose=False)
-    output_dir = args.output_dir
-    best_dir = output_dir / BEST_DIR
-    ckpt_path = output_dir / CHECKPOINT_DIR / LAST_CHECKPOINT
+    best_dir = args.output_dir / BEST_DIR
 
     train_meta, train_samples, train_report = _load_samples(
         args.train_data, lenient=args.lenient, limit=args.limit_train_items, what="training"
@@ -171,7 +193,7 @@ def run(args: Args) -> int:
     parent = args.model_name if parent_info is not None else None
     base_model = parent_info["base_model"] if parent_info is not None else args.model_name
     check_catalogue(base_model, train_meta, args.train_data)
-    # the one precision rule (lavic.precision.load_dtype); the precision is settled below
+    # the one precision rule (lavic.precision.load_dtype); the precision is settled in `fit`
     dtype = load_dtype(args.precision, args.accelerator)
     backbone = load_backbone(args.model_name, dtype=dtype)
     backbone.model.to(dtype)  # built-in backbones (tiny-random) are built in float32
@@ -196,6 +218,10 @@ def run(args: Args) -> int:
     loader_kw = {"batch_size": args.batch_size, "num_workers": args.num_workers}
     train_loader = make_loader(train_set, student, shuffle=True, seed=args.seed, **loader_kw)
     val_loader = make_loader(val_set, student, shuffle=False, **loader_kw)
+    fit_val_loaders = [val_loader]
+    if args.mismatched_eval:
+        mismatched = MismatchedImages(val_set)
+        fit_val_loaders.append(make_loader(mismatched, student, shuffle=False, **loader_kw))
 
     module = DistillModule(
         peft_model, backbone.item_token_ids, lr=args.lr, weight_decay=args.weight_decay
@@ -216,21 +242,54 @@ def run(args: Args) -> int:
 
     module.on_new_best = write_best
     module.train_sampler = train_loader.sampler
+    record = {
+        "trainable_parameters": trainable,
+        "total_params": total,
+        "train_samples": len(train_samples),
+        "val_samples": len(val_samples),
+        "train_items": len(train_meta),
+        "val_items": len(val_meta),
+        "skipped_records": {"train": train_report.num_skipped, "val": val_report.num_skipped},
+    }
+    return DistillSetup(
+        backbone=backbone,
+        peft_model=peft_model,
+        module=module,
+        train_loader=train_loader,
+        val_loader=val_loader,
+        fit_val_loaders=fit_val_loaders,
+        teacher_loader=make_loader(val_set, teacher, shuffle=False, **loader_kw),
+        base_model=base_model,
+        best_dir=best_dir,
+        record=record,
+    )
 
+
+def fit(args: Args, setup: DistillSetup) -> tuple[Any, str, float]:
+    """Settle the precision, validate before training, train (resuming if asked), score the
+    final weights if ``--max_steps`` stopped between validations, then the reference points
+    with the adapter off; returns the trainer, the precision and the fit's seconds."""
+    from lavic.precision import check_on_loader, resolve_precision
+    from lavic.training.resume import checkpoint_to_resume
+    from lavic.training.trainer import build_trainer, raise_if_interrupted
+
+    module, val_loader = setup.module, setup.val_loader
     # For `auto` on a CPU with native bf16: float32 vs bf16 autocast on the first validation
     # batches; LoRA's B is still 0, so this is the model the run starts from.
     check = check_on_loader(module.student_logits, val_loader)
     precision = resolve_precision(args.precision, args.accelerator, check=check)
     trainer = build_trainer(
         args,
-        model=peft_model,
+        model=setup.peft_model,
         precision=precision,
-        output_dir=output_dir,
+        output_dir=args.output_dir,
         num_nodes=args.num_nodes,
         gradient_clip_val=args.gradient_clip_val,
         activation_checkpointing=args.gradient_checkpointing,
     )
-    resume_from = checkpoint_to_resume(ckpt_path, resume=args.resume)
+    resume_from = checkpoint_to_resume(
+        args.output_dir / CHECKPOINT_DIR / LAST_CHECKPOINT, resume=args.resume
+    )
 
     if args.validate_before_training and resume_from is None:
         module.eval_mode, module.eval_label = "student", "before"
@@ -241,11 +300,10 @@ def run(args: Args) -> int:
     # eval mode, and LoRA dropout (and gradient checkpointing) act only in train mode.
     module.train()
     fit_start = time.perf_counter()
-    fit_val_loaders = [val_loader]
-    if args.mismatched_eval:
-        mismatched = MismatchedImages(val_set)
-        fit_val_loaders.append(make_loader(mismatched, student, shuffle=False, **loader_kw))
-    trainer.fit(module, train_loader, fit_val_loaders, ckpt_path=resume_from, weights_only=True)
+    fit_val_loaders = setup.fit_val_loaders
+    trainer.fit(
+        module, setup.train_loader, fit_val_loaders, ckpt_path=resume_from, weights_only=True
+    )
     raise_if_interrupted(trainer)
     global_step = int(trainer.global_step)
     if global_step > 0 and (not module.history or module.history[-1]["step"] != global_step):
@@ -257,19 +315,27 @@ def run(args: Args) -> int:
 
     # Reference points, with the adapter switched off (= the untrained LoRA, whose B is 0):
     # the base model given the 5 tokens, and given the full image tokens (the teacher).
-    with peft_model.disable_adapter():
+    with setup.peft_model.disable_adapter():
         if "before" not in module.results:
             module.eval_mode, module.eval_label = "student", "before"
             trainer.validate(module, dataloaders=val_loader, verbose=False)
         if args.teacher_eval:
-            teacher_loader = make_loader(val_set, teacher, shuffle=False, **loader_kw)
             module.eval_mode, module.eval_label = "teacher", "teacher"
-            trainer.validate(module, dataloaders=teacher_loader, verbose=False)
+            trainer.validate(module, dataloaders=setup.teacher_loader, verbose=False)
     module.eval_mode, module.eval_label = "student", None
     module.gather_image_outcomes()
-    if not trainer.is_global_zero:
-        return 0
+    return trainer, precision, fit_seconds
 
+
+def write(
+    args: Args, setup: DistillSetup, trainer, precision: str, fit_seconds: float
+) -> dict[str, Any]:
+    """Rank 0: the run's metrics into the best artefact (its adapter is already on disk) and
+    ``metrics.json``, and the merged model with ``--merge``; returns the metrics."""
+    from lavic.artifacts import read_metrics, write_metrics
+    from lavic.model.backbone import load_backbone, unwrap
+
+    module, best_dir, output_dir = setup.module, setup.best_dir, args.output_dir
     # The best weights are the ones on disk, with the record of the validation that chose them.
     best_meta = read_metrics(best_dir) if best_dir.is_dir() else None
     if best_meta is None or "best" not in best_meta:
@@ -280,7 +346,7 @@ def run(args: Args) -> int:
     teacher_result = module.results.get("teacher")
     metrics: dict[str, Any] = {
         "model_name": args.model_name,
-        "base_model": base_model,
+        "base_model": setup.base_model,
         "epochs": module.history,
         "best_epoch": best["epoch"],
         "best_step": best["step"],
@@ -299,16 +365,10 @@ def run(args: Args) -> int:
         "train_images": module.train_images,
         "train_seconds": module.train_seconds,
         "fit_seconds": fit_seconds,
-        "steps": global_step,
+        "steps": int(trainer.global_step),
         "world_size": trainer.world_size,
         "precision": precision,
-        "trainable_parameters": trainable,
-        "total_params": total,
-        "train_samples": len(train_samples),
-        "val_samples": len(val_samples),
-        "train_items": len(train_meta),
-        "val_items": len(val_meta),
-        "skipped_records": {"train": train_report.num_skipped, "val": val_report.num_skipped},
+        **setup.record,
         "truncated_targets": module.truncated_targets,
         "image_stats": {"train": module.image_stats("train"), "val": module.image_stats("val")},
         "config": config_to_dict(args),
@@ -344,4 +404,4 @@ def run(args: Args) -> int:
             unwrap(merged.model).save_pretrained(str(tmp), safe_serialization=True)
             merged.save_preprocessing(tmp)
         log.info("wrote merged model %s", output_dir / MERGED_DIR)
-    return 0
+    return metrics
