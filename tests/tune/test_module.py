@@ -253,16 +253,18 @@ def test_vision_tower_not_called_during_tuning(stage1, catalogue, tmp_path: Path
     assert [r["step"] for r in module.history["train_steps"]] == [1, 2, 3]
 
 
-def test_best_epoch_state_is_restored(merged, catalogue, tmp_path: Path):
+def test_a_new_best_validation_hands_the_adapter_to_the_writer(merged):
+    """The best-epoch policy both stages share (LoRAModule.keep_if_best): a new best record
+    hands the record and the LoRA weights to on_new_best (which writes the artefact); a worse
+    one does not, and the best so far stays."""
     model = add_language_lora(build_tiny_random().model, r=4, alpha=8, dropout=0.0)
     module = RecommendTuner(model, merged.tokenizer, lr=1e-2, weight_decay=0.0)
-    first = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-    module.best_state = first
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(1.0)
-    module.restore_best()
-    for n, p in model.named_parameters():
-        if p.requires_grad:
-            assert torch.equal(p.detach(), first[n])
+    written = []
+    module.on_new_best = lambda record, state: written.append((record, state))
+    assert module.keep_if_best({"epoch": 0, "val_loss": 2.0})
+    assert not module.keep_if_best({"epoch": 1, "val_loss": 2.5})
+    assert module.keep_if_best({"epoch": 2, "val_loss": 1.5})
+    assert [r["epoch"] for r, _ in written] == [0, 2] and module.best["epoch"] == 2
+    lora = {n for n, p in model.named_parameters() if p.requires_grad}
+    state = written[-1][1]
+    assert state and set(state) == lora and all(v.device.type == "cpu" for v in state.values())

@@ -31,7 +31,7 @@ from lavic.model.compute import labelled_logits, student_hidden, target_nll, tea
 from lavic.model.inputs import build_batch, encode_prompt, encode_target, pad_views
 from lavic.model.item_tokens import pixel_views
 from lavic.prompts import IMAGE_TOKEN, clean_text, student_prompt, teacher_prompt
-from lavic.training.module import LoRAModule, NewBestHook
+from lavic.training.module import LoRAModule
 
 log = logging.getLogger(__name__)
 
@@ -182,8 +182,8 @@ class DistillModule(LoRAModule):
     Attributes set by the caller between runs of the trainer:
         eval_mode: ``"student"`` (5 item tokens) or ``"teacher"`` (full image tokens).
         eval_label: name under which a ``trainer.validate`` result is kept in ``results``.
-        on_new_best: called (global rank 0 only) with the epoch record and the adapter's
-            state dict when a validation during fit beats the best loss so far.
+        on_new_best: (the base's) writes the artefact when a validation during fit beats
+            the best loss so far.
     """
 
     def __init__(self, model, item_token_ids: Sequence[int], *, lr: float, weight_decay: float):
@@ -191,7 +191,6 @@ class DistillModule(LoRAModule):
         self.item_token_ids = list(item_token_ids)
         self.eval_mode = "student"
         self.eval_label: str | None = None
-        self.on_new_best: NewBestHook | None = None
         self.results: dict[str, dict[str, float]] = {}  # eval_label -> {"loss", "ppl", ...}
         self.history: list[dict[str, Any]] = []  # one record per validation during fit
         self.image_outcomes: dict[str, str] = {}  # "split/image_name" -> outcome
@@ -356,10 +355,7 @@ class DistillModule(LoRAModule):
             if "val_ppl_mismatched" in record
             else "",
         )
-        if self.is_new_best(record) and self.on_new_best is not None:
-            state = self.adapter_state_dict()  # every rank: a collective under FSDP
-            if self.trainer.is_global_zero:
-                self.on_new_best(record, state)
+        self.keep_if_best(record)
 
     # -------------------------------------------------------------- checkpoints
 

@@ -1,5 +1,5 @@
 """What both stages' LightningModules share: the optimizer, LoRA-only checkpoints, exact resumes
-and best-epoch tracking.
+and the one best-epoch policy (:meth:`LoRAModule.keep_if_best`).
 
 A stage subclasses :class:`LoRAModule` and writes its steps and its own bookkeeping; it adds
 what its checkpoint must carry with :meth:`LoRAModule.checkpoint_state` and reads it back in
@@ -17,6 +17,10 @@ import torch
 from lavic.errors import LavicError
 from lavic.training.resume import check_trainable_state
 from lavic.training.sampler import ShardSampler
+
+
+# (best record, adapter weights named as in the PeftModel) -> None: writes the artefact
+NewBestHook = Callable[[dict[str, Any], dict[str, torch.Tensor]], None]
 
 
 def clean_param_name(name: str) -> str:
@@ -40,6 +44,8 @@ class LoRAModule(L.LightningModule):
             epoch at each epoch start and, from a mid-epoch checkpoint, how far it had got, so
             a resumed run sees exactly the batches of an uninterrupted one.
         best: the best validation record so far (lowest ``val_loss``), or None.
+        on_new_best: set by the stage's ``run``: called on global rank 0 with a new best record
+            and the adapter's weights (gathered whole), to write the stage's artefact.
     """
 
     def __init__(self, model, *, lr: float, weight_decay: float):
@@ -52,6 +58,7 @@ class LoRAModule(L.LightningModule):
         self.strict_loading = False
         self.train_sampler: ShardSampler | None = None
         self.best: dict[str, Any] | None = None
+        self.on_new_best: NewBestHook | None = None
         self._epoch_samples = 0  # this process's training samples done in the current epoch
 
     # ------------------------------------------------------------------ optimisation
@@ -78,6 +85,19 @@ class LoRAModule(L.LightningModule):
             self.best = dict(record)
             return True
         return False
+
+    def keep_if_best(self, record: dict[str, Any], key: str = "val_loss") -> bool:
+        """The best-epoch policy of every stage: on a new best ``record`` (the same on every
+        rank: its loss is reduced over them), gather the adapter (a collective under FSDP, so
+        every rank calls this) and hand it to :attr:`on_new_best` on rank 0, which writes the
+        artefact. The best weights are then on disk, not in memory or in the checkpoints."""
+        if not self.is_new_best(record, key):
+            return False
+        if self.on_new_best is not None:
+            state = self.adapter_state_dict()
+            if self._trainer is None or self.trainer.is_global_zero:
+                self.on_new_best(self.best, state)
+        return True
 
     # ------------------------------------------------------------------ weights
 
@@ -161,7 +181,5 @@ def mark_epoch_finished(checkpoint: dict[str, Any]) -> None:
     batches["current"] = {key: 0 for key in batches["current"]}
     batches["is_last_batch"] = False
 
-
-NewBestHook = Callable[[dict[str, Any], dict[str, torch.Tensor]], None]
 
 __all__ = ["LoRAModule", "NewBestHook", "clean_param_name", "mark_epoch_finished"]

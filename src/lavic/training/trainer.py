@@ -236,6 +236,9 @@ def build_trainer(
             logger=CSVLogger(str(output_dir), name="logs"),
             default_root_dir=str(output_dir),
             num_sanity_val_steps=0,
+            # our callbacks write checkpoints/last.ckpt; Lightning's own ModelCheckpoint would
+            # add a second copy per epoch under logs/ that nothing reads
+            enable_checkpointing=False,
             use_distributed_sampler=False,  # ShardSampler shards by rank itself
             log_every_n_steps=args.log_every_n_steps,
             enable_model_summary=False,

@@ -20,19 +20,12 @@ from lavic.training.module import LoRAModule
 log = logging.getLogger(__name__)
 
 
-def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """CPU copies of the parameters that train (the LoRA weights), by name."""
-    return {
-        n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad
-    }
-
-
 class RecommendTuner(LoRAModule):
     """LoRA prompt tuning of the language model to answer the right candidate's ID.
 
     Records (in ``history``) the train loss per logged step and per epoch, the token-weighted
-    validation loss per epoch, and the training throughput; keeps a CPU copy of the LoRA
-    weights of the best validation epoch (``best_state``), restored by :meth:`restore_best`.
+    validation loss per epoch, and the training throughput; the best validation epoch's
+    adapter is written by the base's policy (:meth:`LoRAModule.keep_if_best`), as in stage 1.
 
     Args:
         model: The PeftModel (LoRA on the language model only, everything else frozen).
@@ -55,7 +48,6 @@ class RecommendTuner(LoRAModule):
             "train_seconds": 0.0,
             "train_samples": 0,
         }
-        self.best_state: dict[str, torch.Tensor] | None = None
         # self.best: {"epoch", "step", "val_loss", "val_tokens"} of the best validation
         self._reset_window()
         self._epoch_sum = 0.0
@@ -170,8 +162,7 @@ class RecommendTuner(LoRAModule):
         }
         self.history["val_epochs"].append(record)
         self.last_validated_step = self.trainer.global_step
-        if self.is_new_best(record):
-            self.best_state = trainable_state(self.model)
+        if self.keep_if_best(record):
             log.info(
                 "epoch %d step %d: val_loss %.4f (best so far)",
                 record["epoch"],
@@ -188,15 +179,6 @@ class RecommendTuner(LoRAModule):
                 self.best["epoch"],
             )
 
-    def restore_best(self) -> None:
-        """Load the best validation epoch's LoRA weights into the model (if any was validated)."""
-        if self.best_state is None:
-            return
-        params = dict(self.model.named_parameters())
-        with torch.no_grad():
-            for name, value in self.best_state.items():
-                params[name].copy_(value.to(params[name].device, params[name].dtype))
-
     # ------------------------------------------------------------------------- checkpoints
 
     def checkpoint_state(self) -> dict[str, Any]:
@@ -205,7 +187,6 @@ class RecommendTuner(LoRAModule):
         self._close_batch()
         return {
             "history": self.history,
-            "best_state": self.best_state,
             "last_validated_step": self.last_validated_step,
             "epoch_sum": self._epoch_sum,
             "epoch_tokens": self._epoch_tokens,
@@ -215,7 +196,6 @@ class RecommendTuner(LoRAModule):
 
     def load_checkpoint_state(self, state: dict[str, Any]) -> None:
         self.history = state.get("history", self.history)
-        self.best_state = state.get("best_state")
         self.last_validated_step = state.get("last_validated_step", -1)
         self._epoch_sum = float(state.get("epoch_sum", 0.0))
         self._epoch_tokens = int(state.get("epoch_tokens", 0))

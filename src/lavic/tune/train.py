@@ -163,7 +163,6 @@ class TuneSetup:
     train_loader: Any
     valid_loader: Any
     base_model: str
-    parent: Path | None
     cache_dir: Path
     record: dict[str, Any]
 
@@ -201,7 +200,7 @@ def set_up(args: Args) -> TuneSetup:
     item-token cache (filled once, before any step) and the loaders."""
     import lightning as L
 
-    from lavic.artifacts import read_artifact_info
+    from lavic.artifacts import read_artifact_info, write_artifact
     from lavic.cache.store import adapter_fingerprint, build_item_token_cache
     from lavic.data.images import ImageStats
     from lavic.data.loaders import item_title, items_without_title, load_item_meta, load_split
@@ -353,6 +352,22 @@ def set_up(args: Args) -> TuneSetup:
         log_every_n_steps=args.log_every_n_steps,
     )
     module.train_sampler = train_loader.sampler
+    adapter_dir = out / ADAPTER_DIR
+
+    def write_best(best: dict[str, Any], state: dict[str, torch.Tensor]) -> None:
+        write_artifact(
+            adapter_dir,
+            kind="tune",
+            model=model,
+            backbone=backbone,
+            config=args,
+            metrics={"best": best, "final": False},  # replaced by the run's metrics at the end
+            base_model=base_model,
+            parent=parent,
+            state_dict=state,
+        )
+
+    module.on_new_best = write_best
 
     record = {
         "train_conversations": len(train_convs),
@@ -387,16 +402,15 @@ def set_up(args: Args) -> TuneSetup:
         train_loader=train_loader,
         valid_loader=valid_loader,
         base_model=base_model,
-        parent=parent,
         cache_dir=cache_dir,
         record=record,
     )
 
 
 def fit(args: Args, setup: TuneSetup) -> tuple[Any, str]:
-    """Settle the precision, train (resuming if asked), validate the final weights when
-    ``--max_steps`` stopped mid-epoch, and put the best epoch's LoRA back; returns the
-    trainer and the precision."""
+    """Settle the precision, train (resuming if asked) and validate the final weights when
+    ``--max_steps`` stopped mid-epoch; each new best validation has written the artefact.
+    Returns the trainer and the precision."""
     from lavic.model.compute import prompt_logits
     from lavic.precision import check_on_loader, resolve_precision
     from lavic.training.resume import checkpoint_to_resume
@@ -423,13 +437,13 @@ def fit(args: Args, setup: TuneSetup) -> tuple[Any, str]:
     if module.last_validated_step != trainer.global_step:
         # Stopped by --max_steps mid-epoch: validate the final weights too.
         trainer.validate(module, setup.valid_loader, verbose=False)
-    module.restore_best()
     return trainer, precision
 
 
 def write(args: Args, setup: TuneSetup, trainer, precision: str) -> tuple[Path, dict[str, Any]]:
-    """The run's metrics, and on rank 0 the artefact (``trained_lora_adapter/``) and a fresh
-    ``metrics.json``; returns the artefact's folder and the metrics."""
+    """The run's metrics, on rank 0 into the best epoch's artefact (``trained_lora_adapter/``,
+    written when that validation ran) and a fresh ``metrics.json``; returns the artefact's
+    folder and the metrics."""
     module = setup.module
     history = module.history
     metrics: dict[str, Any] = {
@@ -461,18 +475,13 @@ def write(args: Args, setup: TuneSetup, trainer, precision: str) -> tuple[Path, 
     out = Path(args.finetune_output_dir)
     adapter_dir = out / ADAPTER_DIR
     if trainer.is_global_zero:
-        from lavic.artifacts import write_artifact, write_metrics
+        from lavic.artifacts import read_metrics, write_metrics
 
-        write_artifact(
-            adapter_dir,
-            kind="tune",
-            model=setup.model,
-            backbone=setup.backbone,
-            config=args,
-            metrics=metrics,
-            base_model=setup.base_model,
-            parent=setup.parent,
-        )
+        if "best" not in (read_metrics(adapter_dir) or {}):
+            raise LavicError(f"no validated adapter was written to {adapter_dir}")
+        # The adapter, tokenizer, processor and config are in place since the best validation:
+        # replacing the one file (atomically) keeps the artefact whole.
+        write_metrics(adapter_dir, metrics)
         # A fresh metrics.json: any evaluation of an earlier run in this folder is stale.
         metrics_path = write_metrics(out, metrics)
         log.info(
