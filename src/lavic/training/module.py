@@ -18,7 +18,6 @@ from lavic.errors import LavicError
 from lavic.training.resume import check_trainable_state
 from lavic.training.sampler import ShardSampler
 
-
 # (best record, adapter weights named as in the PeftModel) -> None: writes the artefact
 NewBestHook = Callable[[dict[str, Any], dict[str, torch.Tensor]], None]
 
