@@ -22,8 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from lavic.config import LoRAArgs, TrainerArgs, config_to_dict, override
 from lavic.constants import DEFAULT_MODEL_NAME
 from lavic.errors import LavicError
@@ -158,7 +156,7 @@ def set_up(args: Args) -> DistillSetup:
     writes the artefact on each new best validation (gathered, so FSDP-safe)."""
     import lightning as L
 
-    from lavic.artifacts import read_artifact_info, write_artifact
+    from lavic.artifacts import read_artifact_info
     from lavic.distill.module import (
         DescribedImageDataset,
         DistillModule,
@@ -169,6 +167,7 @@ def set_up(args: Args) -> DistillSetup:
     from lavic.model.backbone import check_catalogue, load_backbone
     from lavic.model.lora import add_vision_lora, count_parameters
     from lavic.precision import load_dtype
+    from lavic.training.module import best_artifact_writer
     from lavic.training.sampler import make_loader
 
     for path in (args.train_data, args.val_data):
@@ -227,20 +226,15 @@ def set_up(args: Args) -> DistillSetup:
         peft_model, backbone.item_token_ids, lr=args.lr, weight_decay=args.weight_decay
     )
 
-    def write_best(record: dict[str, Any], state: dict[str, torch.Tensor]) -> None:
-        write_artifact(
-            best_dir,
-            kind="distill",
-            model=peft_model,
-            backbone=backbone,
-            config=args,
-            metrics={"best": record, "final": False},  # replaced by the run's metrics at the end
-            base_model=base_model,
-            parent=parent,
-            state_dict=state,
-        )
-
-    module.on_new_best = write_best
+    module.on_new_best = best_artifact_writer(
+        best_dir,
+        kind="distill",
+        model=peft_model,
+        backbone=backbone,
+        config=args,
+        base_model=base_model,
+        parent=parent,
+    )
     module.train_sampler = train_loader.sampler
     record = {
         "trainable_parameters": trainable,

@@ -22,6 +22,28 @@ from lavic.training.sampler import ShardSampler
 NewBestHook = Callable[[dict[str, Any], dict[str, torch.Tensor]], None]
 
 
+def best_artifact_writer(out_dir, *, kind: str, model, backbone, config, base_model, parent):
+    """The ``on_new_best`` of a stage: write the artefact ``out_dir`` (``kind`` ``distill`` or
+    ``tune``) from the gathered adapter, its ``metrics.json`` holding the best record until the
+    run's ``write`` replaces it with the run's metrics (``final``)."""
+    from lavic.artifacts import write_artifact
+
+    def write(best: dict[str, Any], state: dict[str, torch.Tensor]) -> None:
+        write_artifact(
+            out_dir,
+            kind=kind,
+            model=model,
+            backbone=backbone,
+            config=config,
+            metrics={"best": best, "final": False},
+            base_model=base_model,
+            parent=parent,
+            state_dict=state,
+        )
+
+    return write
+
+
 def clean_param_name(name: str) -> str:
     """A parameter's name without FSDP / activation-checkpointing wrapper segments, i.e. as
     in a full state dict."""
@@ -181,4 +203,10 @@ def mark_epoch_finished(checkpoint: dict[str, Any]) -> None:
     batches["is_last_batch"] = False
 
 
-__all__ = ["LoRAModule", "NewBestHook", "clean_param_name", "mark_epoch_finished"]
+__all__ = [
+    "LoRAModule",
+    "NewBestHook",
+    "best_artifact_writer",
+    "clean_param_name",
+    "mark_epoch_finished",
+]

@@ -200,7 +200,7 @@ def set_up(args: Args) -> TuneSetup:
     item-token cache (filled once, before any step) and the loaders."""
     import lightning as L
 
-    from lavic.artifacts import read_artifact_info, write_artifact
+    from lavic.artifacts import read_artifact_info
     from lavic.cache.store import adapter_fingerprint, build_item_token_cache
     from lavic.data.images import ImageStats
     from lavic.data.loaders import item_title, items_without_title, load_item_meta, load_split
@@ -208,6 +208,7 @@ def set_up(args: Args) -> TuneSetup:
     from lavic.model.backbone import load_backbone
     from lavic.model.lora import add_language_lora, count_parameters
     from lavic.precision import load_dtype
+    from lavic.training.module import best_artifact_writer
     from lavic.training.sampler import make_loader
     from lavic.tune.data import (
         RecommendCollator,
@@ -354,20 +355,15 @@ def set_up(args: Args) -> TuneSetup:
     module.train_sampler = train_loader.sampler
     adapter_dir = out / ADAPTER_DIR
 
-    def write_best(best: dict[str, Any], state: dict[str, torch.Tensor]) -> None:
-        write_artifact(
-            adapter_dir,
-            kind="tune",
-            model=model,
-            backbone=backbone,
-            config=args,
-            metrics={"best": best, "final": False},  # replaced by the run's metrics at the end
-            base_model=base_model,
-            parent=parent,
-            state_dict=state,
-        )
-
-    module.on_new_best = write_best
+    module.on_new_best = best_artifact_writer(
+        adapter_dir,
+        kind="tune",
+        model=model,
+        backbone=backbone,
+        config=args,
+        base_model=base_model,
+        parent=parent,
+    )
 
     record = {
         "train_conversations": len(train_convs),
