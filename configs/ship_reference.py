@@ -1,13 +1,16 @@
 """Copy a finished reference run (configs/reference_tiny.sh) into the package as two small
 artefacts: ``DEST/distill`` (stage 1) and ``DEST/tune`` (stage 2, whose parent is
 ``../distill``), the adapters' weights in float16, without PEFT's empty model card or the tokenizer and
-processor (the loader rebuilds them from the base model).
+processor (the loader rebuilds them from the base model). A reference on `tiny` also gets
+``DEST/trained_on.json``: the sha256 of every weight file of the `tiny` it was trained on, so a
+test fails when `tiny`'s weights change and the reference was not trained again.
 
 Usage: python configs/ship_reference.py RUN_DIR DEST
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import sys
@@ -16,7 +19,17 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from lavic.artifacts import ADAPTER_WEIGHTS, ARTIFACT_FILE, atomic_directory
+from lavic.artifacts import (
+    ADAPTER_WEIGHTS,
+    ARTIFACT_FILE,
+    METRICS_FILE,
+    atomic_directory,
+    read_artifact_info,
+)
+from lavic.io import atomic_write_json
+from lavic.model.tiny import ASSETS_DIR
+
+TRAINED_ON = "trained_on.json"
 
 
 # Not shipped: PEFT's empty model card, and the tokenizer and processor a run saves beside its
@@ -40,10 +53,23 @@ def ship(source: Path, dest: Path, *, parent: str | None) -> None:
             path.chmod(0o644)  # package data: readable by all
 
 
+def tiny_digest(assets: Path = ASSETS_DIR) -> dict[str, str]:
+    """The sha256 of each of `tiny`'s shipped weight and config files (not its metrics record),
+    by path under ``assets``."""
+    return {
+        path.relative_to(assets).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(assets.rglob("*"))
+        if path.is_file() and path.name != METRICS_FILE
+    }
+
+
 def main(run_dir: str, dest: str) -> None:
     run, out = Path(run_dir), Path(dest)
     ship(run / "distill" / "vision_lora_adapter_best", out / "distill", parent=None)
     ship(run / "tune" / "trained_lora_adapter", out / "tune", parent="../distill")
+    if read_artifact_info(out / "distill")["base_model"] == "tiny":
+        atomic_write_json(out / TRAINED_ON, {"tiny": tiny_digest()})
+        (out / TRAINED_ON).chmod(0o644)
     print(f"shipped {run} -> {out}")
 
 

@@ -4,6 +4,7 @@ ship_reference.py) and what is shipped (src/lavic/assets/reference)."""
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import torch
@@ -71,3 +72,15 @@ def test_the_shipped_reference_is_two_small_fp16_adapters_on_tiny():
         assert all(any(f".{p}." in name for p in parts) for name in weights), info["kind"]
         assert (folder / "adapter_model.safetensors").stat().st_size < 8 * 2**20
         assert not list(folder.glob("*.bin")) and not list(folder.glob("*.pt"))
+
+
+def test_the_shipped_reference_was_trained_on_the_shipped_tiny():
+    """A reference trained on other `tiny` weights evaluates a model nobody trained: when
+    `tiny`'s weights change, train the reference again (OUT=runs/reference SHIP=1 bash
+    configs/reference_tiny.sh), which records the weights it was trained on."""
+    from lavic.demo import REFERENCE_DIR
+
+    ship = _ship_module()
+    recorded = json.loads((REFERENCE_DIR.parent / ship.TRAINED_ON).read_text())["tiny"]
+    assert {"vision.safetensors", "lm_adapter/adapter_model.safetensors"} <= set(recorded)
+    assert recorded == ship.tiny_digest()
