@@ -86,8 +86,8 @@ def load_dtype(precision: str, accelerator: str) -> torch.dtype:
     precision on the run's own batches). ``*-true`` casts everything, on any device.
     """
     on_gpu = runs_on_cuda(accelerator)
-    if precision == "auto":
-        return torch.bfloat16 if on_gpu and cuda_has_bf16() else torch.float32
+    if precision == "auto":  # what resolve_precision picks without a check
+        precision = "bf16-mixed" if on_gpu and cuda_has_bf16() else "32-true"
     if precision.endswith("-mixed") and not on_gpu:
         return torch.float32
     return weights_dtype(precision)

@@ -134,8 +134,9 @@ class DistillSetup:
     peft_model: Any  # LoRA on the vision tower and projector
     module: Any  # lavic.distill.module.DistillModule
     train_loader: Any
-    val_loader: Any  # the student path on the validation images
-    fit_val_loaders: list[Any]  # + the other-image control (--mismatched_eval)
+    # [0]: the student path on the validation images; [1] with --mismatched_eval: each with
+    # another item's image (the control validated beside it during fit)
+    val_loaders: list[Any]
     teacher_loader: Any  # the full image tokens on the validation images
     base_model: str
     best_dir: Path
@@ -216,11 +217,10 @@ def set_up(args: Args) -> DistillSetup:
     val_set = DescribedImageDataset(val_samples, args.val_images_dir, "val")
     loader_kw = {"batch_size": args.batch_size, "num_workers": args.num_workers}
     train_loader = make_loader(train_set, student, shuffle=True, seed=args.seed, **loader_kw)
-    val_loader = make_loader(val_set, student, shuffle=False, **loader_kw)
-    fit_val_loaders = [val_loader]
+    val_loaders = [make_loader(val_set, student, shuffle=False, **loader_kw)]
     if args.mismatched_eval:
         mismatched = MismatchedImages(val_set)
-        fit_val_loaders.append(make_loader(mismatched, student, shuffle=False, **loader_kw))
+        val_loaders.append(make_loader(mismatched, student, shuffle=False, **loader_kw))
 
     module = DistillModule(
         peft_model, backbone.item_token_ids, lr=args.lr, weight_decay=args.weight_decay
@@ -250,8 +250,7 @@ def set_up(args: Args) -> DistillSetup:
         peft_model=peft_model,
         module=module,
         train_loader=train_loader,
-        val_loader=val_loader,
-        fit_val_loaders=fit_val_loaders,
+        val_loaders=val_loaders,
         teacher_loader=make_loader(val_set, teacher, shuffle=False, **loader_kw),
         base_model=base_model,
         best_dir=best_dir,
@@ -267,7 +266,7 @@ def fit(args: Args, setup: DistillSetup) -> tuple[Any, str, float]:
     from lavic.training.resume import checkpoint_to_resume
     from lavic.training.trainer import build_trainer, raise_if_interrupted
 
-    module, val_loader = setup.module, setup.val_loader
+    module, val_loader = setup.module, setup.val_loaders[0]
     # For `auto` on a CPU with native bf16: float32 vs bf16 autocast on the first validation
     # batches; LoRA's B is still 0, so this is the model the run starts from.
     check = check_on_loader(module.student_logits, val_loader)
@@ -294,7 +293,7 @@ def fit(args: Args, setup: DistillSetup) -> tuple[Any, str, float]:
     # eval mode, and LoRA dropout (and gradient checkpointing) act only in train mode.
     module.train()
     fit_start = time.perf_counter()
-    fit_val_loaders = setup.fit_val_loaders
+    fit_val_loaders = setup.val_loaders
     trainer.fit(
         module, setup.train_loader, fit_val_loaders, ckpt_path=resume_from, weights_only=True
     )

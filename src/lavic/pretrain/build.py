@@ -326,8 +326,9 @@ def run_instruct(args: Args, assets: Path, work: Path) -> int:
         held_captions=held,
     )
     write_lm_adapter(model, assets / LM_ADAPTER_DIR)
-    if args.instruct_init is not None:  # a continuation: keep the record it continued
-        record["continued"] = (read_metrics(assets) or {}).get("instruct")
+    if args.instruct_init is not None:  # a continuation: keep the record of what it continued
+        # (an lm_adapter folder's record is its assets' metrics.json)
+        record["continued"] = (read_metrics(Path(args.instruct_init).parent) or {}).get("instruct")
     _update_metrics(assets, "instruct", record)
     print(json.dumps(record["curve"], indent=2))
     return 0

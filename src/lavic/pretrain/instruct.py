@@ -358,29 +358,25 @@ class DescribeRetention:
         return total / max(1, count)
 
 
-def init_lm_adapter(model, adapter_dir: Path) -> None:
-    """Load a saved LM adapter's weights into ``model``'s fresh LoRA (same rank and targets;
-    a mismatch is an error, not a silent partial load)."""
-    from peft import set_peft_model_state_dict
+def load_lm_adapter(model, adapter_dir: Path) -> None:
+    """Load a saved LM adapter's weights (a checkpoint's, or a shipped adapter to continue)
+    into ``model``'s LoRA; other names or shapes (another rank or layers) are refused by the
+    training core's check, never loaded in part."""
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
     from safetensors.torch import load_file
+
+    from lavic.training.resume import check_trainable_state
 
     weights = adapter_dir / ADAPTER_WEIGHTS
     if not weights.is_file():
         raise LavicError(f"{adapter_dir}: no {ADAPTER_WEIGHTS} to start the instruction LoRA from")
     state = {k: v.float() for k, v in load_file(str(weights)).items()}
     try:
-        result = set_peft_model_state_dict(model, state)
-    except RuntimeError as e:  # shape mismatches (another rank)
-        raise LavicError(
-            f"{weights}: does not fit this LoRA ({str(e).splitlines()[1].strip()})"
-        ) from None
-    missing = [k for k in result.missing_keys if "lora_" in k]
-    if missing or result.unexpected_keys:
-        raise LavicError(
-            f"{weights}: does not fit this LoRA ({len(missing)} missing, "
-            f"{len(result.unexpected_keys)} unexpected tensors; same rank and layers needed)"
-        )
-    log.info("instruction LoRA started from %s (%d tensors)", adapter_dir, len(state))
+        check_trainable_state(state, get_peft_model_state_dict(model))
+    except LavicError as e:
+        raise LavicError(f"{weights}: does not fit this LoRA: {e}") from None
+    set_peft_model_state_dict(model, state)
+    log.info("instruction LoRA loaded from %s (%d tensors)", adapter_dir, len(state))
 
 
 def _lr_factor(seen: int, config: InstructConfig, total: int) -> float:
@@ -437,8 +433,6 @@ def instruct(
     ``eval_conversations`` cold test conversations (10 candidates, seed ``eval_seed``, every look
     format) is measured every ``eval_every`` samples and recorded as the learning curve.
     """
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
     from tqdm.auto import tqdm
 
     config = config or InstructConfig()
@@ -454,12 +448,12 @@ def instruct(
         config.eval_seed, "test", config.eval_conversations, config.eval_candidates, formats
     )
     # the broad phrasings' own held-out draws, measured when a stage trains on them
-    uses_broad = any(BROAD in (f or ()) for _, _, f in parse_curriculum(config.curriculum))
+    uses_broad = any(BROAD in (f or formats) for _, _, f in parse_curriculum(config.curriculum))
     broad_test = (
         mixed_samples(
             config.eval_seed, "test", config.eval_conversations, config.eval_candidates, [BROAD]
         )
-        if uses_broad or BROAD in formats
+        if uses_broad
         else []
     )
     if config.precision not in ("32-true", "bf16-mixed"):
@@ -469,7 +463,7 @@ def instruct(
         raise LavicError("describe_weight > 0 needs the described images to train on (captions)")
     model = add_lm_adapter(backbone, config)
     if config.init_adapter is not None:
-        init_lm_adapter(model, Path(config.init_adapter))
+        load_lm_adapter(model, Path(config.init_adapter))
     describe = DescribeRetention(backbone, captions, held_captions, config) if captions else None
 
     def measure(samples_seen: int, **extra) -> dict[str, Any]:
@@ -497,7 +491,7 @@ def instruct(
         seen, curve = state["seen"], state["curve"]
         # (checkpoints before train_s was saved: the last measurement's, an underestimate)
         train_s = state.get("train_s", curve[-1]["train_s"] if curve else 0.0)
-        set_peft_model_state_dict(model, load_file(str(ckpt / "adapter" / ADAPTER_WEIGHTS)))
+        load_lm_adapter(model, ckpt / "adapter")
         opt.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
         log.info("resumed at %d samples", seen)
     model.train()
