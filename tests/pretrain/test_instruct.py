@@ -15,7 +15,12 @@ from lavic.model.tiny import merge_lm_adapter
 from lavic.model.tiny_random import build_tiny_random
 from lavic.pretrain import instruct as ins
 from lavic.pretrain.captions import CaptionSample
-from lavic.pretrain.vision import ItemTokenConfig, _patch_tokens, warm_start_item_tokens
+from lavic.pretrain.vision import (
+    ItemTokenConfig,
+    _patch_tokens,
+    look_pictures,
+    warm_start_item_tokens,
+)
 
 
 def test_curriculum_is_parsed_and_checked():
@@ -172,7 +177,9 @@ def test_item_token_warm_start_moves_the_cls_path_and_keeps_the_patch_path():
         and f".layers.{b.model.config.vision_config.num_hidden_layers - 1}." not in k
     }
     record = warm_start_item_tokens(
-        b, samples, ItemTokenConfig(steps=150, batch_size=4, lr=3e-2, warmup_fraction=0.05)
+        b,
+        look_pictures(samples),
+        ItemTokenConfig(steps=150, batch_size=4, lr=3e-2, warmup_fraction=0.05),
     )
     assert record["loss_last20"] < 0.5 * record["loss_first20"]
     # the item tokens move towards their look words (nearest-word accuracy over the table;

@@ -38,9 +38,18 @@ from lavic.pretrain.measure import (
     teacher_perplexity,
     text_selection_accuracy,
 )
-from lavic.pretrain.vision import ItemTokenConfig, PretrainConfig, pretrain, warm_start_item_tokens
+from lavic.pretrain.pictures import draw_pictures
+from lavic.pretrain.vision import (
+    ItemTokenConfig,
+    PretrainConfig,
+    look_pictures,
+    pretrain,
+    warm_start_item_tokens,
+)
 
 log = logging.getLogger(__name__)
+# Pictures of lavic.pretrain.pictures measured before and after the [CLS]-path warm start.
+HELD_OUT_PICTURES = 240
 
 # --------------------------------------------------------------------------------------------
 # `lavic build-tiny`
@@ -110,6 +119,14 @@ class Args:
     threads: int = field(default=2, metadata={"help": "torch CPU threads"})
     item_token_steps: int = field(
         default=ItemTokenConfig.steps, metadata={"help": "item_tokens: warm-start steps"}
+    )
+    item_token_pictures: int = field(
+        default=0,
+        metadata={
+            "help": "item_tokens: also train on this many pictures in many renderings "
+            "(lavic.pretrain.pictures), beside the synthetic catalogue's; 240 more, drawn "
+            "apart, are measured before and after"
+        },
     )
     curriculum: str = field(
         default=InstructConfig.curriculum,
@@ -278,12 +295,22 @@ def run_item_tokens(args: Args, assets: Path, work: Path, heldout_root: Path) ->
         write_pretraining_catalogue(train_root, args.catalogue_seed)
     spec, _ = read_assets(assets)
     backbone = load_tiny(assets_dir=assets)
+    pictures = look_pictures(catalogue_samples(train_root))
+    held_out = []
+    if args.item_token_pictures:
+        pictures += draw_pictures(args.item_token_pictures, seed=args.catalogue_seed)
+        held_out = draw_pictures(HELD_OUT_PICTURES, seed=args.heldout_seed)
+    previous = (read_metrics(assets) or {}).get("item_tokens")
     record = warm_start_item_tokens(
         backbone,
-        catalogue_samples(train_root),
+        pictures,
         ItemTokenConfig(steps=args.item_token_steps, seed=args.seed),
+        held_out=held_out,
     )
     record["catalogue_seed"] = args.catalogue_seed
+    record["pictures"] = args.item_token_pictures
+    if previous is not None:  # the weights it started from were warm-started before
+        record["continued"] = previous
     state = write_assets(backbone.model, spec, assets)
     load_vision_state(backbone.model, state)
     _update_metrics(assets, "item_tokens", record)
