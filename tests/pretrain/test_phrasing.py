@@ -12,6 +12,7 @@ import pytest
 from lavic.data.unseen import vocabulary as unseen
 from lavic.errors import LavicError
 from lavic.pretrain import phrasing as ph
+from lavic.pretrain import pictures
 
 
 def _look_of(text: str) -> tuple[set[int], set[int]]:
@@ -99,19 +100,45 @@ def test_none_of_the_unseen_generators_words_is_drawn():
     unseen_words |= {p.stem for p in unseen.PATTERNS} | {p.word for p in unseen.PATTERNS}
     unseen_words |= {k.name for kinds in unseen.CATEGORIES.values() for k in kinds}
     assert unseen_words <= {w for w in ph.UNSEEN_WORDS} | {p.word for p in unseen.PATTERNS}
-    text = " ".join(
-        " ".join([c, *(t for _, t in cands)]) for c, cands, _ in ph.broad_samples(0, 500, 10)
-    ).lower()
+    drawn = ph.broad_samples(0, 500, 10) + ph.broad_samples(0, 500, 10, generic=True)
+    text = " ".join(" ".join([c, *(t for _, t in cands)]) for c, cands, _ in drawn).lower()
     for word in unseen_words:
         stem = word.split("-")[0]
         assert not re.search(rf"\b{re.escape(stem)}", text), word
 
 
-def test_the_module_imports_neither_catalogue_generator():
-    tree = ast.parse(Path(ph.__file__).read_text())
-    names = {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)} | {
+def test_generic_looks_are_written_in_common_words_and_requested_in_any():
+    """generic: every candidate's look is its family's first word and the pattern's plain noun
+    (as the item tokens read), mostly on its own line; the request names the colour by any
+    word of the family, so most requests say another word than the candidate's."""
+    heads = {f[0] for f in ph.COLOUR_FAMILIES}
+    plain_nouns = {p.nouns[0] for p in ph.PATTERNS}
+    other_word = on_line = 0
+    for context, candidates, target in ph.broad_samples(3, 300, 4, generic=True):
+        for _, text in candidates:
+            on_line += text.endswith(tuple(f" {n}" for n in plain_nouns)) and "\n" in text
+            written = {c for c in ph.COLOURS if re.search(rf"\b{re.escape(c)}\b", text.lower())}
+            assert written <= heads and len(written) == 1
+        families, patterns = _look_of(context)
+        want = _look_of(dict(candidates)[target])
+        assert want[0] <= families and want[1] <= patterns
+        head = ph.COLOUR_FAMILIES[next(iter(want[0]))][0]
+        other_word += not re.search(rf"\b{re.escape(head)}\b", context.lower())
+    assert other_word / 300 > 0.5
+    assert 0.5 < on_line / 1200 < 0.9  # GENERIC_LINE_RATE
+    assert ph.broad_samples(3, 5, 4, generic=True) != ph.broad_samples(3, 5, 4)
+
+
+def _imports(module) -> set[str]:
+    tree = ast.parse(Path(module.__file__).read_text())
+    return {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)} | {
         a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names
     }
+
+
+@pytest.mark.parametrize("module", [ph, pictures], ids=["phrasing", "pictures"])
+def test_the_module_imports_neither_catalogue_generator(module):
+    names = _imports(module)
     assert not any(n.startswith(("lavic.data.synthetic", "lavic.data.unseen")) for n in names)
 
 

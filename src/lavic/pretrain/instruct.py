@@ -75,7 +75,11 @@ LOOK_FORMATS = ("line", "title", "description")
 # A stage may also draw "broad" conversations: lavic.pretrain.phrasing's (many words and
 # phrasings, not the synthetic catalogue's). Repeating a format weighs it ("line+broad+broad").
 BROAD = "broad"
-STAGE_FORMATS = (*LOOK_FORMATS, BROAD)
+# ... or "generic" ones: the same space, each candidate's look in common words ("red stripes",
+# as the item tokens read), the request's in any word of the family (phrasing.broad_sample).
+GENERIC = "generic"
+PHRASING_FORMATS = (BROAD, GENERIC)
+STAGE_FORMATS = (*LOOK_FORMATS, *PHRASING_FORMATS)
 LR_SCHEDULES = ("constant", "cosine")  # after the warm-up (InstructConfig.lr_schedule)
 
 
@@ -211,17 +215,23 @@ def selection_samples(
 def mixed_samples(
     seed: int, split: str, count: int, num_candidates: int, formats: Sequence[str]
 ) -> list[SelectionSample]:
-    """``count`` conversations in ``formats``: the ``broad`` share (by how often it is listed)
-    from :mod:`lavic.pretrain.phrasing`, the rest from the synthetic catalogue ``seed``."""
-    n_broad = round(count * list(formats).count(BROAD) / len(formats))
-    catalogue_formats = [f for f in formats if f != BROAD]
+    """``count`` conversations in ``formats``: the ``broad`` and ``generic`` shares (by how
+    often each is listed) from :mod:`lavic.pretrain.phrasing`, the rest from the synthetic
+    catalogue ``seed``."""
+    formats = list(formats)
+    shares = {f: round(count * formats.count(f) / len(formats)) for f in PHRASING_FORMATS}
+    n_catalogue = count - sum(shares.values())
     rows: list[SelectionSample] = []
-    if count - n_broad:
-        rows += selection_samples(seed, split, count - n_broad, num_candidates, catalogue_formats)
-    if n_broad:
-        # held-out draws for the test split: another stream of the same generator
-        stream = seed if split == "train" else seed + 500_000
-        rows += [SelectionSample(*c) for c in broad_samples(stream, n_broad, num_candidates)]
+    if n_catalogue:
+        catalogue_formats = [f for f in formats if f not in PHRASING_FORMATS]
+        rows += selection_samples(seed, split, n_catalogue, num_candidates, catalogue_formats)
+    # held-out draws for the test split: another stream of the same generator
+    stream = seed if split == "train" else seed + 500_000
+    for fmt, n in shares.items():
+        if n:
+            drawn = broad_samples(stream, n, num_candidates, generic=fmt == GENERIC)
+            rows += [SelectionSample(*c) for c in drawn]
+    if n_catalogue < count:
         random.Random(f"mix/{seed}/{split}").shuffle(rows)
     return rows
 
@@ -447,15 +457,15 @@ def instruct(
     test = selection_samples(
         config.eval_seed, "test", config.eval_conversations, config.eval_candidates, formats
     )
-    # the broad phrasings' own held-out draws, measured when a stage trains on them
-    uses_broad = any(BROAD in (f or formats) for _, _, f in parse_curriculum(config.curriculum))
-    broad_test = (
-        mixed_samples(
-            config.eval_seed, "test", config.eval_conversations, config.eval_candidates, [BROAD]
+    # the phrasings' own held-out draws, measured when a stage trains on them
+    used = {f for _, _, fs in parse_curriculum(config.curriculum) for f in (fs or formats)}
+    phrasing_tests = {
+        fmt: mixed_samples(
+            config.eval_seed, "test", config.eval_conversations, config.eval_candidates, [fmt]
         )
-        if uses_broad
-        else []
-    )
+        for fmt in PHRASING_FORMATS
+        if fmt in used
+    }
     if config.precision not in ("32-true", "bf16-mixed"):
         raise LavicError(f"precision {config.precision!r}: choose 32-true or bf16-mixed")
     amp = autocast(torch.bfloat16 if config.precision == "bf16-mixed" else None)
@@ -472,10 +482,9 @@ def instruct(
             point["accuracy"] = round(
                 selection_accuracy(model, backbone, test, max_length=config.max_length), 4
             )
-            if broad_test:
-                point["broad_accuracy"] = round(
-                    selection_accuracy(model, backbone, broad_test, max_length=config.max_length),
-                    4,
+            for fmt, held in phrasing_tests.items():  # broad_accuracy, generic_accuracy
+                point[f"{fmt}_accuracy"] = round(
+                    selection_accuracy(model, backbone, held, max_length=config.max_length), 4
                 )
             if describe is not None and describe.held:
                 point["describe_nll"] = round(describe.held_nll(model), 4)

@@ -53,6 +53,8 @@ COLOURS: tuple[str, ...] = tuple(c for family in COLOUR_FAMILIES for c in family
 FAMILY_OF: dict[str, tuple[str, ...]] = {c: f for f in COLOUR_FAMILIES for c in f}
 # How often a request names the answer's colour by another word of its family.
 SIBLING_RATE = 0.3
+# In generic conversations (broad_sample), how often the look sits on its own line.
+GENERIC_LINE_RATE = 0.7
 
 
 @dataclass(frozen=True)
@@ -211,16 +213,26 @@ def _title(rng: random.Random, kind: str) -> str:
     return f"{brand} {rng.choice(_QUALIFIERS)} {_title_case(kind)}{rng.choice(_TAILS)}"
 
 
-def _look(rng: random.Random, title: str, colour: str, pattern: PatternWords) -> str:
+def _look(
+    rng: random.Random, title: str, colour: str, pattern: PatternWords, generic: bool = False
+) -> str:
     adjective, noun = rng.choice(pattern.adjectives), rng.choice(pattern.nouns)
-    return rng.choice(LOOK_SLOTS).format(
+    slot = rng.choice(LOOK_SLOTS)
+    if generic:  # the common words, mostly on their own line: how the item tokens read
+        colour, adjective, noun = FAMILY_OF[colour][0], pattern.adjectives[0], pattern.nouns[0]
+        slot = LOOK_SLOTS[0] if rng.random() < GENERIC_LINE_RATE else slot
+    return slot.format(
         t=title, c=colour, C=_title_case(colour), a=adjective, A=_title_case(adjective), n=noun
     )
 
 
-def _context(rng: random.Random, kind: str, colour: str, pattern: PatternWords) -> str:
+def _context(
+    rng: random.Random, kind: str, colour: str, pattern: PatternWords, generic: bool = False
+) -> str:
     family = FAMILY_OF[colour]
-    if len(family) > 1 and rng.random() < SIBLING_RATE:
+    if generic:  # any word of the family, the common one included
+        colour = rng.choice(family)
+    elif len(family) > 1 and rng.random() < SIBLING_RATE:
         colour = rng.choice([c for c in family if c != colour])
     request = rng.choice(REQUESTS).format(
         c=colour,
@@ -243,10 +255,18 @@ def _context(rng: random.Random, kind: str, colour: str, pattern: PatternWords) 
     return text + "".join(f"<comment>{c}</comment>\n" for c in comments)
 
 
-def broad_sample(rng: random.Random, num_candidates: int) -> Conversation:
+def broad_sample(rng: random.Random, num_candidates: int, generic: bool = False) -> Conversation:
     """One conversation: a kind, a wanted look, and ``num_candidates`` items of that kind with
     distinct looks, drawn from a grid of colours x patterns that holds the answer's (so some
-    candidates share its colour and some its pattern)."""
+    candidates share its colour and some its pattern).
+
+    ``generic``: each candidate's look is written in common words (its colour family's first
+    word and the pattern's plain noun: ``red stripes``), as LaViC's item tokens read once the
+    [CLS]-path warm start has pulled them there, while the request names the colour by any word
+    of its family (``crimson``, ``wine``) and the pattern by any spelling. The skill this
+    trains is the bridge a real VLM's language model has from its own pretraining: a shop's or
+    a buyer's colour word to what the picture shows.
+    """
     if num_candidates < 2:
         raise LavicError(f"num_candidates {num_candidates}: need >= 2")
     kind = rng.choice(KINDS)
@@ -263,16 +283,19 @@ def broad_sample(rng: random.Random, num_candidates: int) -> Conversation:
     target = ""
     for colour, pattern in looks:
         item_id = _item_id(rng, used)
-        candidates.append((item_id, _look(rng, _title(rng, kind), colour, pattern)))
+        candidates.append((item_id, _look(rng, _title(rng, kind), colour, pattern, generic)))
         if (colour, pattern) == answer:
             target = item_id
-    return _context(rng, kind, *answer), tuple(candidates), target
+    return _context(rng, kind, *answer, generic=generic), tuple(candidates), target
 
 
-def broad_samples(seed: int, count: int, num_candidates: int) -> list[Conversation]:
+def broad_samples(
+    seed: int, count: int, num_candidates: int, generic: bool = False
+) -> list[Conversation]:
     """``count`` conversations, a pure function of the arguments."""
-    rng = random.Random(f"phrasing/{seed}/{num_candidates}")
-    return [broad_sample(rng, num_candidates) for _ in range(count)]
+    stream = f"phrasing/{seed}/{num_candidates}" + ("/generic" if generic else "")
+    rng = random.Random(stream)
+    return [broad_sample(rng, num_candidates, generic) for _ in range(count)]
 
 
 __all__ = [

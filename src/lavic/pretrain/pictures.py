@@ -47,7 +47,7 @@ COLOUR_REGIONS: tuple[tuple[str, tuple[float, float], tuple[float, float], tuple
     ("brown", (18, 38), (0.5, 0.85), (0.22, 0.5)),
     ("white", (0, 360), (0.0, 0.15), (0.9, 1.0)),
     ("grey", (0, 360), (0.0, 0.08), (0.35, 0.7)),
-    ("black", (0, 360), (0.0, 0.2), (0.03, 0.16)),
+    ("black", (0, 360), (0.0, 1.0), (0.03, 0.16)),  # so dark that the hue does not show
 )  # fmt: skip
 COLOUR_WORDS: tuple[str, ...] = tuple(r[0] for r in COLOUR_REGIONS)
 PATTERN_WORDS: tuple[str, ...] = (
@@ -76,12 +76,13 @@ def colour_in_family(rng: random.Random, word: str) -> RGB:
 
 def family_of(rgb: RGB) -> str | None:
     """The family whose region holds ``rgb`` (None between regions): the inverse of
-    :func:`colour_in_family`, for tests and measurements."""
+    :func:`colour_in_family`, for tests and measurements. The regions are widened by a little
+    more than an 8-bit rounding (2 degrees of hue, 0.025 of saturation and value)."""
     h, s, v = colorsys.rgb_to_hsv(*(c / 255 for c in rgb))
+    hue, tol = h * 360, 0.025
     for word, (h0, h1), (s0, s1), (v0, v1) in COLOUR_REGIONS:
-        hue = h * 360
-        in_hue = h0 <= hue <= h1 or h0 <= hue + 360 <= h1
-        if in_hue and s0 - 1e-6 <= s <= s1 + 1e-6 and v0 - 1e-6 <= v <= v1 + 1e-6:
+        in_hue = any(h0 - 2 <= x <= h1 + 2 for x in (hue, hue + 360))
+        if in_hue and s0 - tol <= s <= s1 + tol and v0 - tol <= v <= v1 + tol:
             return word
     return None
 
