@@ -18,7 +18,8 @@ serve (issue 22); ``serve --max_queue``, ``--queue_timeout_s`` and
 second held-out catalogue generator); ``demo``'s stage-2 recipe (``--tune_batch_size`` 4,
 ``--tune_lr`` 2e-4, ``--tune_steps`` 40, no ``--tune_curriculum``), ``--distill_lr`` 1e-4 and
 ``--num_train`` 60 (issue 19); ``build-tiny --instruct_init`` and ``--instruct_precision``
-(issue 19: continuing tiny's selection LoRA on the broad phrasings).
+(issue 19: continuing tiny's selection LoRA on the broad phrasings); ``build-tiny
+--item_token_pictures`` (issue 19: the [CLS]-path warm start on pictures of many renderings).
 """
 
 from __future__ import annotations

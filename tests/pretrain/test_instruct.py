@@ -85,7 +85,7 @@ def _tiny_config(**kw):
         warmup_samples=4,
         eval_every=8,
         eval_conversations=4,
-        checkpoint_minutes=0.0,
+        checkpoint_every_n_steps=1,
         eval_candidates=3,
         max_length=4096,  # tiny-random's tokenizer spells text in many small pieces
         describe_weight=0.0,
@@ -106,8 +106,11 @@ def test_instruct_trains_only_the_lm_lora_checkpoints_and_resumes(tmp_path):
     assert trainable and all("lora_" in n and "language_model" in n for n in trainable)
     after = model.base_model.model.model.vision_tower.state_dict()
     assert all(torch.equal(vision_before[k], after[k]) for k in vision_before)
-    state = json.loads((tmp_path / "w" / "checkpoint" / "state.json").read_text())
-    assert state["seen"] == 12
+    # the training core's checkpoint, with the stage's own state (the curve, the samples seen)
+    ckpt = torch.load(tmp_path / "w" / "checkpoints" / "last.ckpt", weights_only=False)
+    state = ckpt["lavic"]
+    assert state["seen"] == 12 and state["curve"] == curve
+    assert all("lora_" in k for k in ckpt["state_dict"])
     # the training time goes on from the checkpoint's, not from the last measurement's
     assert state["train_s"] == pytest.approx(curve[-1]["train_s"], abs=0.05)
     assert state["train_s"] > 0
@@ -118,6 +121,35 @@ def test_instruct_trains_only_the_lm_lora_checkpoints_and_resumes(tmp_path):
     lora1 = {n: p for n, p in model.named_parameters() if "lora_" in n}
     lora2 = dict(model2.named_parameters())
     assert all(torch.allclose(p, lora2[n]) for n, p in lora1.items())
+
+
+def test_an_interrupted_run_resumes_to_the_uninterrupted_runs_adapter_and_curve(
+    tmp_path, monkeypatch
+):
+    """The training core's step checkpoints: a run that dies mid-curriculum (after its second
+    step) and is resumed ends with the same LoRA and curve as a run never stopped."""
+    config = _tiny_config()
+    whole, record = ins.instruct(build_tiny_random(seed=3), config, work_dir=tmp_path / "whole")
+    after_step = ins.InstructModule.after_step
+
+    def stop_at_second_step(self, rows, seconds):
+        after_step(self, rows, seconds)
+        if self.seen == 8:
+            raise RuntimeError("power cut")
+
+    monkeypatch.setattr(ins.InstructModule, "after_step", stop_at_second_step)
+    with pytest.raises(RuntimeError, match="power cut"):
+        ins.instruct(build_tiny_random(seed=3), config, work_dir=tmp_path / "cut")
+    monkeypatch.setattr(ins.InstructModule, "after_step", after_step)
+    resumed, record2 = ins.instruct(
+        build_tiny_random(seed=3), config, work_dir=tmp_path / "cut", resume=True
+    )
+    lora = {n: p for n, p in resumed.named_parameters() if "lora_" in n}
+    assert lora and all(
+        torch.allclose(p, lora[n]) for n, p in whole.named_parameters() if n in lora
+    )
+    strip = [{k: v for k, v in c.items() if k != "train_s"} for c in record["curve"]]
+    assert [{k: v for k, v in c.items() if k != "train_s"} for c in record2["curve"]] == strip
 
 
 def test_saved_adapter_merges_into_the_same_model(tmp_path):

@@ -28,11 +28,13 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
+import lightning as L
 import torch
 
 from lavic.artifacts import ADAPTER_WEIGHTS, save_adapter
+from lavic.config import TrainerArgs
 from lavic.data.synthetic import plan_catalogue
 from lavic.data.synthetic.catalogue import PlannedItem
 from lavic.errors import LavicError
@@ -51,6 +53,15 @@ from lavic.pretrain.captions import (
 )
 from lavic.pretrain.phrasing import broad_samples
 from lavic.prompts import build_recommend_prompt
+from lavic.training.module import LoRAModule
+from lavic.training.resume import checkpoint_to_resume
+from lavic.training.sampler import make_loader
+from lavic.training.trainer import (
+    CHECKPOINT_DIR,
+    LAST_CHECKPOINT,
+    build_trainer,
+    raise_if_interrupted,
+)
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +119,7 @@ class InstructConfig:
     eval_conversations: int = 30
     eval_candidates: int = 10
     max_length: int = 1024  # tokens of prompt + answer (the synthetic prompts need ~600)
-    checkpoint_minutes: float = 4.0
+    checkpoint_every_n_steps: int = 25  # 100 samples at batch 4: minutes on a CPU
     seed: int = 0
     train_seed: int = 1100  # catalogue seeds train_seed, train_seed+1, ... (>= 1000)
     eval_seed: int = 1001
@@ -126,9 +137,9 @@ class InstructConfig:
     precision: str = "32-true"
 
 
-@dataclass(frozen=True)
-class SelectionSample:
-    """One conversation with its candidates (the answer among them) as text."""
+class SelectionSample(NamedTuple):
+    """One conversation with its candidates (the answer among them) as text. (A named tuple:
+    Lightning's batch transfer rebuilds containers, which a frozen dataclass refuses.)"""
 
     context: str
     candidates: tuple[tuple[str, str], ...]  # (item_id, text after "ID: ")
@@ -414,13 +425,112 @@ def write_lm_adapter(model, out_dir: Path, *, dtype: torch.dtype = torch.float16
             os.chmod(path, 0o644)
 
 
-def _save_checkpoint(
-    model, opt, ckpt: Path, seen: int, curve: list[dict[str, Any]], train_s: float
-) -> None:
-    with atomic_directory(ckpt) as tmp:
-        model.save_pretrained(str(tmp / "adapter"), safe_serialization=True)
-        torch.save(opt.state_dict(), tmp / "optimizer.pt")
-        atomic_write_json(tmp / "state.json", {"seen": seen, "curve": curve, "train_s": train_s})
+class InstructModule(LoRAModule):
+    """The instruction LoRA as a stage of the training core (:class:`LoRAModule`): the
+    selection loss (stage 2's target NLL of the answer's ID) plus, weighted, the describing
+    loss; the curriculum in order (no shuffling) and the learning curve carried in the
+    checkpoints, so ``--resume`` continues exactly.
+
+    Args:
+        model: the LoRA-wrapped backbone model (:func:`add_lm_adapter`).
+        backbone: its backbone (tokenizer, processor).
+        config: the run's :class:`InstructConfig`.
+        total: samples in the whole curriculum (the cosine schedule's length).
+        describe: the describing batches, or None.
+        measure: ``measure(samples, **extra)`` -> a curve point (accuracies, describe NLL).
+        curve_file: where each curve point is appended as a JSON line.
+    """
+
+    def __init__(self, model, backbone, config, *, total, describe, measure, curve_file):
+        super().__init__(model, lr=config.lr, weight_decay=config.weight_decay)
+        self.backbone, self.config, self.total = backbone, config, total
+        self.describe, self.measure, self.curve_file = describe, measure, curve_file
+        self.curve: list[dict[str, Any]] = []
+        self.seen = 0  # samples trained on
+        self.train_s = 0.0  # seconds in training steps (not in measurements)
+        self.next_eval = config.eval_every
+        self.losses: list[float] = []
+        self.describe_losses: list[float] = []
+
+    def configure_optimizers(self):
+        opt = super().configure_optimizers()
+        size, config, total = self.config.batch_size, self.config, self.total
+        # the rate of the step that starts at sample step * batch_size
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda step: _lr_factor(step * size, config, total)
+        )
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def on_train_epoch_start(self) -> None:
+        self.start_epoch()
+
+    def training_step(self, rows: list[SelectionSample], batch_idx: int) -> torch.Tensor:
+        loss = selection_loss(self.model, self.backbone, rows, self.config.max_length)
+        self.losses.append(loss.item())
+        if self.describe is not None and self.config.describe_weight > 0:
+            # a pure function of the step: a resumed run draws what the uninterrupted one would
+            describe_loss = self.describe.loss(self.global_step)
+            self.describe_losses.append(describe_loss.item())
+            loss = loss + self.config.describe_weight * describe_loss
+        self.count_samples(len(rows))
+        return loss
+
+    def record_point(self, samples: int, **extra) -> None:
+        point = {**self.measure(samples, **extra), "train_s": round(self.train_s, 1)}
+        self.curve.append(point)
+        log.info("%s (%.1f min of training)", point, self.train_s / 60)
+        with open(self.curve_file, "a") as f:
+            f.write(json.dumps(point) + "\n")
+
+    def after_step(self, rows: list[SelectionSample], seconds: float) -> None:
+        """Count a finished optimizer step; measure the curve when it is due."""
+        self.seen += len(rows)
+        self.train_s += seconds
+        if self.seen >= self.next_eval or self.seen >= self.total:
+            self.next_eval += self.config.eval_every
+            extra = {"candidates": len(rows[0].candidates)}
+            extra["loss"] = round(sum(self.losses[-10:]) / len(self.losses[-10:]), 4)
+            if self.describe_losses:
+                extra["describe_loss"] = round(
+                    sum(self.describe_losses[-10:]) / len(self.describe_losses[-10:]), 4
+                )
+            self.record_point(self.seen, **extra)
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        return {
+            "curve": self.curve,
+            "seen": self.seen,
+            "train_s": self.train_s,
+            "next_eval": self.next_eval,
+            "losses": self.losses[-10:],  # the window the curve's losses average
+            "describe_losses": self.describe_losses[-10:],
+        }
+
+    def load_checkpoint_state(self, state: dict[str, Any]) -> None:
+        self.curve = list(state.get("curve", []))
+        self.seen = int(state.get("seen", 0))
+        self.train_s = float(state.get("train_s", 0.0))
+        self.next_eval = int(state.get("next_eval", self.config.eval_every))
+        self.losses = list(state.get("losses", []))
+        self.describe_losses = list(state.get("describe_losses", []))
+
+
+class LearningCurve(L.Callback):
+    """Times each step and measures the curve (:meth:`InstructModule.after_step`). It runs
+    before the checkpoint callbacks, so a checkpoint holds the point of its own step."""
+
+    def __init__(self) -> None:
+        self._start = 0.0
+
+    def on_train_start(self, trainer, module: InstructModule) -> None:
+        if not module.curve:  # a fresh run (a resumed one has its curve from the checkpoint)
+            module.record_point(0)
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, module: InstructModule, outputs, batch, batch_idx):
+        module.after_step(batch, time.perf_counter() - self._start)
 
 
 def instruct(
@@ -438,13 +548,13 @@ def instruct(
     catalogue, trained beside the selection so the LM keeps describing; ``held_captions``: the
     described images whose NLL is measured with the accuracy.
 
-    Checkpoints go to ``work_dir/checkpoint`` every ``checkpoint_minutes``; ``resume`` continues
-    from there (same config: the samples are a pure function of it). The accuracy on
+    It runs on the training core (:class:`InstructModule` under :func:`build_trainer`): a
+    checkpoint goes to ``work_dir/checkpoints/last.ckpt`` every ``checkpoint_every_n_steps``
+    steps and at the end; ``resume`` continues from there (same config: the samples are a pure
+    function of it). The accuracy on
     ``eval_conversations`` cold test conversations (10 candidates, seed ``eval_seed``, every look
     format) is measured every ``eval_every`` samples and recorded as the learning curve.
     """
-    from tqdm.auto import tqdm
-
     config = config or InstructConfig()
     if config.lr_schedule not in LR_SCHEDULES:
         raise LavicError(f"lr_schedule {config.lr_schedule!r}: choose from {LR_SCHEDULES}")
@@ -490,70 +600,45 @@ def instruct(
                 point["describe_nll"] = round(describe.held_nll(model), 4)
         return point
 
-    params = [p for p in model.parameters() if p.requires_grad]
-    log.info("instruction LoRA: %d trainable parameters", sum(p.numel() for p in params))
-    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    ckpt = work_dir / "checkpoint"
-    seen, curve, train_s = 0, [], 0.0
-    if resume and (ckpt / "state.json").is_file():
-        state = json.loads((ckpt / "state.json").read_text())
-        seen, curve = state["seen"], state["curve"]
-        # (checkpoints before train_s was saved: the last measurement's, an underestimate)
-        train_s = state.get("train_s", curve[-1]["train_s"] if curve else 0.0)
-        load_lm_adapter(model, ckpt / "adapter")
-        opt.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
-        log.info("resumed at %d samples", seen)
-    model.train()
-    if not curve:
-        curve.append({**measure(0), "train_s": 0.0})
-        log.info("samples 0: %s", curve[-1])
-    next_eval = (seen // config.eval_every + 1) * config.eval_every
-    last_ckpt = time.monotonic()
-    losses: list[float] = []  # the selection's
-    describe_losses: list[float] = []
-    bar = tqdm(total=len(train), initial=seen, desc="instruct", unit="sample")
-    while seen < len(train):
-        start = time.perf_counter()
-        rows = train[seen : seen + config.batch_size]
-        for g in opt.param_groups:
-            g["lr"] = config.lr * _lr_factor(seen, config, len(train))
-        with amp:
-            loss = selection_loss(model, backbone, rows, config.max_length)
-            losses.append(loss.item())
-            if describe is not None and config.describe_weight > 0:
-                describe_loss = describe.loss(seen // config.batch_size)
-                describe_losses.append(describe_loss.item())
-                loss = loss + config.describe_weight * describe_loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-        opt.step()
-        seen += len(rows)
-        train_s += time.perf_counter() - start
-        bar.update(len(rows))
-        bar.set_postfix(
-            loss=f"{sum(losses[-10:]) / len(losses[-10:]):.3f}", cands=len(rows[0].candidates)
-        )
-        if seen >= next_eval or seen >= len(train):
-            next_eval += config.eval_every
-            curve.append(
-                {
-                    **measure(seen, candidates=len(rows[0].candidates)),
-                    "loss": round(sum(losses[-10:]) / len(losses[-10:]), 4),
-                    "train_s": round(train_s, 1),
-                }
-            )
-            if describe_losses:
-                curve[-1]["describe_loss"] = round(
-                    sum(describe_losses[-10:]) / len(describe_losses[-10:]), 4
-                )
-            log.info("%s (%.1f min of training)", curve[-1], train_s / 60)
-            with (work_dir / "curve.jsonl").open("a") as f:
-                f.write(json.dumps(curve[-1]) + "\n")
-        if time.monotonic() - last_ckpt > config.checkpoint_minutes * 60 or seen >= len(train):
-            _save_checkpoint(model, opt, ckpt, seen, curve, train_s)
-            last_ckpt = time.monotonic()
-    bar.close()
+    module = InstructModule(
+        model,
+        backbone,
+        config,
+        total=len(train),
+        describe=describe,
+        measure=measure,
+        curve_file=work_dir / "curve.jsonl",
+    )
+    loader = make_loader(
+        train, list, batch_size=config.batch_size, num_workers=0, shuffle=False
+    )  # the curriculum in its order
+    module.train_sampler = loader.sampler
+    args = TrainerArgs(
+        num_epochs=1,
+        batch_size=config.batch_size,
+        precision=config.precision,
+        accelerator="cpu",  # tiny's pretraining: the batches are built on the CPU
+        devices="1",
+        resume=resume,
+        checkpoint_every_n_steps=config.checkpoint_every_n_steps,
+        log_every_n_steps=1,
+    )
+    trainer = build_trainer(
+        args,
+        model=model,
+        precision=config.precision,
+        output_dir=work_dir,
+        gradient_clip_val=config.max_grad_norm,
+        callbacks=[LearningCurve()],
+    )
+    log.info(
+        "instruction LoRA: %d trainable parameters",
+        sum(p.numel() for p in model.parameters() if p.requires_grad),
+    )
+    ckpt_path = checkpoint_to_resume(work_dir / CHECKPOINT_DIR / LAST_CHECKPOINT, resume=resume)
+    model.train()  # backbones load in eval mode, and Lightning keeps the mode it finds
+    trainer.fit(module, train_dataloaders=loader, ckpt_path=ckpt_path)
+    raise_if_interrupted(trainer)
     model.eval()
-    record = {"config": asdict(config), "num_samples": len(train), "curve": curve}
+    record = {"config": asdict(config), "num_samples": len(train), "curve": module.curve}
     return model, record

@@ -13,6 +13,7 @@ One set-up for stage 1 (distill) and stage 2 (tune), so they cannot drift apart:
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -195,6 +196,7 @@ def build_trainer(
     num_nodes: int = 1,
     gradient_clip_val: float | None = None,
     activation_checkpointing: bool = False,
+    callbacks: Sequence[L.Callback] = (),
 ) -> L.Trainer:
     """The Trainer of a LoRA stage, writing checkpoints to ``output_dir/checkpoints/last.ckpt``.
 
@@ -206,6 +208,8 @@ def build_trainer(
         num_nodes: machines.
         gradient_clip_val: clip the gradient norm (None: off).
         activation_checkpointing: with FSDP, recompute each block's activations in backward.
+        callbacks: the stage's own callbacks; they run before the checkpoint callbacks, so a
+            checkpoint holds what they recorded at its step.
 
     Raises:
         LavicError: for a device / strategy combination Lightning refuses.
@@ -230,9 +234,12 @@ def build_trainer(
             max_steps=args.step_limit,
             accumulate_grad_batches=args.accumulate_grad_batches,
             gradient_clip_val=gradient_clip_val,
-            callbacks=checkpoint_callbacks(
-                output_dir / CHECKPOINT_DIR / LAST_CHECKPOINT, args.checkpoint_every_n_steps
-            ),
+            callbacks=[
+                *callbacks,
+                *checkpoint_callbacks(
+                    output_dir / CHECKPOINT_DIR / LAST_CHECKPOINT, args.checkpoint_every_n_steps
+                ),
+            ],
             logger=CSVLogger(str(output_dir), name="logs"),
             default_root_dir=str(output_dir),
             num_sanity_val_steps=0,
