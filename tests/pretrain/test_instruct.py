@@ -34,15 +34,8 @@ def test_curriculum_is_parsed_and_checked():
             ins.parse_curriculum(bad)
 
 
-def test_learning_rate_warms_up_then_holds_or_decays():
-    constant = ins.InstructConfig(warmup_samples=40, batch_size=4)
-    cosine = ins.InstructConfig(warmup_samples=40, batch_size=4, lr_schedule="cosine")
-    for config in (constant, cosine):
-        assert ins._lr_factor(0, config, 1000) == pytest.approx(0.1)  # first batch: 4/40
-        assert ins._lr_factor(36, config, 1000) == pytest.approx(1.0)
-    assert [ins._lr_factor(s, constant, 1000) for s in (40, 500, 1000)] == [1.0, 1.0, 1.0]
-    decayed = [ins._lr_factor(s, cosine, 1000) for s in (40, 520, 1000)]
-    assert decayed == pytest.approx([1.0, 0.55, 0.1])
+def test_an_unknown_learning_rate_schedule_is_refused():
+    # (the schedule itself is the training core's: tests/training/test_schedule.py)
     with pytest.raises(LavicError, match="lr_schedule"):
         ins.instruct(None, ins.InstructConfig(lr_schedule="linear"), work_dir=None)
 
@@ -195,7 +188,7 @@ def _look_samples():
     return out
 
 
-def test_item_token_warm_start_moves_the_cls_path_and_keeps_the_patch_path():
+def test_item_token_warm_start_moves_the_cls_path_and_keeps_the_patch_path(tmp_path):
     b = build_tiny_random(seed=5)
     samples = _look_samples()
     views = pixel_views(b.processor.image_processor, [s.image for s in samples])
@@ -212,6 +205,7 @@ def test_item_token_warm_start_moves_the_cls_path_and_keeps_the_patch_path():
         b,
         look_pictures(samples),
         ItemTokenConfig(steps=150, batch_size=4, lr=3e-2, warmup_fraction=0.05),
+        work_dir=tmp_path,
     )
     assert record["loss_last20"] < 0.5 * record["loss_first20"]
     # the item tokens move towards their look words (nearest-word accuracy over the table;

@@ -78,15 +78,21 @@ def test_caption_nll_equals_the_full_forward_loss(random_backbone):
     assert ppl == pytest.approx(torch.tensor(total / count).exp().item(), rel=1e-4)
 
 
-def test_pretrain_trains_only_the_vision_side():
+def test_pretrain_trains_only_the_vision_side(tmp_path):
     b = build_tiny_random(seed=1)
     lm_before = {k: v.clone() for k, v in b.model.model.language_model.state_dict().items()}
     vision_before = {k: v.clone() for k, v in vision_state_dict(b.model).items()}
     config = PretrainConfig(
         align_steps=3, align_batch_size=2, caption_steps=3, batch_size=2, lr=1e-2, align_lr=1e-2
     )
-    record = pretrain(b, _samples(), config)
+    record = pretrain(b, _samples(), config, work_dir=tmp_path)
     assert record["align"]["loss_last50"] is not None and record["caption"]["loss_last20"] > 0
+    # each phase ran its steps on the training core, whose checkpoint holds the trainable
+    # weights alone (the vision side, none of the language model's)
+    for phase in ("align", "caption"):
+        ckpt = torch.load(tmp_path / phase / "checkpoints" / "last.ckpt", weights_only=False)
+        assert ckpt["global_step"] == 3
+        assert ckpt["state_dict"] and not any("language_model" in k for k in ckpt["state_dict"])
     lm_after = b.model.model.language_model.state_dict()
     assert all(torch.equal(lm_before[k], lm_after[k]) for k in lm_before)
     vision_after = vision_state_dict(b.model)

@@ -266,7 +266,7 @@ def run(args: Args) -> int:
         spec = TinySpec()
         start = time.perf_counter()
         backbone = assemble_tiny(spec, seed=args.seed)
-        record = pretrain(backbone, samples, config)
+        record = pretrain(backbone, samples, config, work_dir=work / "pretrain")
         record["catalogue_seed"] = args.catalogue_seed
         record["threads"] = args.threads
         record["seconds_total"] = round(time.perf_counter() - start, 1)
@@ -306,6 +306,7 @@ def run_item_tokens(args: Args, assets: Path, work: Path, heldout_root: Path) ->
         pictures,
         ItemTokenConfig(steps=args.item_token_steps, seed=args.seed),
         held_out=held_out,
+        work_dir=work / "item_tokens",
     )
     record["catalogue_seed"] = args.catalogue_seed
     record["pictures"] = args.item_token_pictures

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import random
 import re
@@ -56,6 +55,7 @@ from lavic.prompts import build_recommend_prompt
 from lavic.training.module import LoRAModule
 from lavic.training.resume import checkpoint_to_resume
 from lavic.training.sampler import make_loader
+from lavic.training.schedule import DECAYS, warmup_schedule
 from lavic.training.trainer import (
     CHECKPOINT_DIR,
     LAST_CHECKPOINT,
@@ -91,7 +91,7 @@ BROAD = "broad"
 GENERIC = "generic"
 PHRASING_FORMATS = (BROAD, GENERIC)
 STAGE_FORMATS = (*LOOK_FORMATS, *PHRASING_FORMATS)
-LR_SCHEDULES = ("constant", "cosine")  # after the warm-up (InstructConfig.lr_schedule)
+LR_SCHEDULES = DECAYS  # after the warm-up (InstructConfig.lr_schedule)
 
 
 @dataclass
@@ -400,16 +400,6 @@ def load_lm_adapter(model, adapter_dir: Path) -> None:
     log.info("instruction LoRA loaded from %s (%d tensors)", adapter_dir, len(state))
 
 
-def _lr_factor(seen: int, config: InstructConfig, total: int) -> float:
-    """Linear warm-up, then constant or cosine to 10% over the whole run."""
-    if seen < config.warmup_samples:
-        return (seen + config.batch_size) / config.warmup_samples
-    if config.lr_schedule == "constant":
-        return 1.0
-    progress = min(1.0, (seen - config.warmup_samples) / max(1, total - config.warmup_samples))
-    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
-
-
 def write_lm_adapter(model, out_dir: Path, *, dtype: torch.dtype = torch.float16) -> None:
     """Write the LoRA as the shipped PEFT adapter folder, atomically: ``dtype`` weights, no
     model card, files readable by all (package data)."""
@@ -454,12 +444,14 @@ class InstructModule(LoRAModule):
 
     def configure_optimizers(self):
         opt = super().configure_optimizers()
-        size, config, total = self.config.batch_size, self.config, self.total
-        # the rate of the step that starts at sample step * batch_size
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda step: _lr_factor(step * size, config, total)
+        size = self.config.batch_size
+        schedule = warmup_schedule(
+            opt,
+            total=-(-self.total // size),  # optimizer steps
+            warmup=-(-self.config.warmup_samples // size),
+            decay=self.config.lr_schedule,
         )
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+        return {"optimizer": opt, "lr_scheduler": schedule}
 
     def on_train_epoch_start(self) -> None:
         self.start_epoch()

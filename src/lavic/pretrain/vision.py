@@ -5,17 +5,22 @@ from __future__ import annotations
 
 import logging
 import math
-import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from lavic.config import TrainerArgs
 from lavic.model.backbone import Backbone
 from lavic.pretrain.captions import CaptionSample, PromptHead, _collate, _encode, caption_nll
 from lavic.pretrain.pictures import LookPicture
+from lavic.training.module import LoRAModule
+from lavic.training.sampler import make_loader
+from lavic.training.schedule import warmup_schedule
+from lavic.training.trainer import build_trainer, raise_if_interrupted
 
 log = logging.getLogger(__name__)
 
@@ -49,14 +54,6 @@ def _vision_parameters(llava) -> list[torch.nn.Parameter]:
     return params + [core.image_newline]
 
 
-def _schedule(step: int, total: int, warmup_fraction: float) -> float:
-    warmup = max(1, int(total * warmup_fraction))
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))  # cosine to 10%
-
-
 def _word_token_targets(
     backbone: Backbone, samples: Sequence[CaptionSample]
 ) -> tuple[list[torch.Tensor], torch.Tensor]:
@@ -79,14 +76,6 @@ def _word_token_targets(
     return targets, torch.tensor(list(table))
 
 
-def _optimizer_step(opt, loss: torch.Tensor, params, max_grad_norm: float) -> None:
-    """One clipped AdamW step on ``loss`` (every phase here takes the same kind of step)."""
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-    opt.step()
-
-
 def _patch_tokens(llava, pixel_values: torch.Tensor) -> torch.Tensor:
     """Projected patch tokens of views ``(V, C, s, s)``: ``(V, P, D)``, before anyres packing
     (the features ``get_image_features`` packs: layer -2, [CLS] dropped)."""
@@ -95,10 +84,103 @@ def _patch_tokens(llava, pixel_values: torch.Tensor) -> torch.Tensor:
     return core.multi_modal_projector(hidden[llava.config.vision_feature_layer][:, 1:])
 
 
+class VisionPhase(LoRAModule):
+    """One phase of the vision pretraining as a stage of the training core: AdamW over the
+    trainable weights (``lr_scales``: a rate multiplier per parameter), a warm-up + cosine
+    schedule over ``steps``, checkpoints of the trainable weights alone (the base's), and
+    ``loss_fn(indices) -> (loss, metrics)`` on each batch of sample indices. The metrics of
+    every step are kept in :attr:`history`."""
+
+    def __init__(
+        self,
+        llava,
+        loss_fn: Callable[[list[int]], tuple[torch.Tensor, dict[str, float]]],
+        *,
+        lr: float,
+        weight_decay: float,
+        steps: int,
+        warmup_fraction: float,
+        lr_scales: dict[torch.nn.Parameter, float] | None = None,
+    ):
+        super().__init__(llava, lr=lr, weight_decay=weight_decay)
+        self.loss_fn = loss_fn
+        self.steps = steps
+        self.warmup = max(1, int(steps * warmup_fraction))
+        self.lr_scales = lr_scales or {}
+        self.history: dict[str, list[float]] = {}
+
+    def configure_optimizers(self):
+        params = [p for p in self.parameters() if p.requires_grad]
+        scales = sorted({self.lr_scales.get(p, 1.0) for p in params})
+        groups = [
+            {"params": [p for p in params if self.lr_scales.get(p, 1.0) == k], "lr": self.lr * k}
+            for k in scales
+        ]
+        opt = torch.optim.AdamW(groups, lr=self.lr, weight_decay=self.weight_decay)
+        return {"optimizer": opt, "lr_scheduler": warmup_schedule(opt, self.steps, self.warmup)}
+
+    def on_train_epoch_start(self) -> None:
+        self.start_epoch()
+
+    def training_step(self, indices: list[int], batch_idx: int) -> torch.Tensor:
+        loss, metrics = self.loss_fn(list(indices))
+        self.count_samples(len(indices))
+        for name, value in {"loss": loss.item(), **metrics}.items():
+            self.history.setdefault(name, []).append(value)
+            self.log(name, value, prog_bar=True, on_step=True, batch_size=len(indices))
+        return loss
+
+
+def fit_phase(
+    phase: VisionPhase,
+    num_samples: int,
+    *,
+    batch_size: int,
+    max_grad_norm: float,
+    seed: int,
+    work_dir: Path,
+) -> float:
+    """Train ``phase`` for its ``steps`` on batches of ``num_samples``' indices (each epoch a
+    new shuffle) on the training core's trainer (CPU, float32); return the seconds it took."""
+    loader = make_loader(
+        list(range(num_samples)),
+        list,
+        batch_size=min(batch_size, num_samples),
+        num_workers=0,
+        shuffle=True,
+        seed=seed,
+    )
+    phase.train_sampler = loader.sampler
+    args = TrainerArgs(
+        num_epochs=math.ceil(phase.steps / len(loader)),
+        max_steps=phase.steps,
+        batch_size=batch_size,
+        precision="32-true",
+        accelerator="cpu",  # tiny's pretraining: CPU-sized, its batches are built there
+        devices="1",
+        log_every_n_steps=max(1, min(10, len(loader))),
+    )
+    trainer = build_trainer(
+        args,
+        model=phase.model,
+        precision="32-true",
+        output_dir=Path(work_dir),
+        gradient_clip_val=max_grad_norm,
+    )
+    phase.model.train()
+    start = time.perf_counter()
+    trainer.fit(phase, train_dataloaders=loader)
+    raise_if_interrupted(trainer)
+    phase.model.eval()
+    return round(time.perf_counter() - start, 1)
+
+
 def pretrain(
     backbone: Backbone,
     samples: Sequence[CaptionSample],
     config: PretrainConfig | None = None,
+    *,
+    work_dir: str | Path,
 ) -> dict[str, Any]:
     """Train the vision tower, projector and image newline with the language model frozen.
 
@@ -115,6 +197,7 @@ def pretrain(
         backbone: from :func:`assemble_tiny` (its language model is frozen here).
         samples: images with their titles, descriptions and look words.
         config: hyper-parameters (default :class:`PretrainConfig`, the shipped run's).
+        work_dir: the phases' trainer folders (``align/``, ``caption/``: logs, checkpoints).
 
     Returns:
         A record of the run: settings, losses along the way, seconds per phase.
@@ -122,13 +205,13 @@ def pretrain(
     from tqdm.auto import tqdm
 
     config = config or PretrainConfig()
+    work_dir = Path(work_dir)
     llava = backbone.model
     for p in llava.parameters():
         p.requires_grad_(False)
     params = _vision_parameters(llava)
     for p in params:
         p.requires_grad_(True)
-    rng = random.Random(config.seed)
     torch.manual_seed(config.seed)
     head = PromptHead(backbone)
     start = time.perf_counter()
@@ -141,7 +224,6 @@ def pretrain(
     record: dict[str, Any] = {"config": asdict(config), "num_samples": len(samples)}
     record["encode_s"] = round(time.perf_counter() - start, 1)
     pad_id = backbone.tokenizer.pad_token_id
-    llava.train()
 
     # 1. Align ---------------------------------------------------------------------------
     targets, table = _word_token_targets(backbone, samples)
@@ -169,21 +251,25 @@ def pretrain(
         mse = (tokens - word_emb[goal]).pow(2).mean() / scale
         return ce + config.align_mse_weight * mse
 
-    opt = torch.optim.AdamW(params, lr=config.align_lr, weight_decay=config.weight_decay)
-    start = time.perf_counter()
-    losses = []
-    bar = tqdm(range(config.align_steps), desc="align", leave=False)
-    for step in bar:
-        for g in opt.param_groups:
-            g["lr"] = config.align_lr * _schedule(step, config.align_steps, config.warmup_fraction)
-        idx = rng.sample(range(len(encoded)), min(config.align_batch_size, len(encoded)))
-        loss = align_loss(idx)
-        _optimizer_step(opt, loss, params, config.max_grad_norm)
-        losses.append(loss.item())
-        if step % 50 == 0:
-            bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.3f}")
+    phase = VisionPhase(
+        llava,
+        lambda idx: (align_loss(idx), {}),
+        lr=config.align_lr,
+        weight_decay=config.weight_decay,
+        steps=config.align_steps,
+        warmup_fraction=config.warmup_fraction,
+    )
+    seconds = fit_phase(
+        phase,
+        len(encoded),
+        batch_size=config.align_batch_size,
+        max_grad_norm=config.max_grad_norm,
+        seed=config.seed,
+        work_dir=work_dir / "align",
+    )
+    losses = phase.history["loss"]
     record["align"] = {
-        "seconds": round(time.perf_counter() - start, 1),
+        "seconds": seconds,
         "loss_first50": _mean(losses[:50]),
         "loss_last50": _mean(losses[-50:]),
     }
@@ -199,38 +285,38 @@ def pretrain(
     # image_newline (one vector after every row of crop tokens) is shared by all images: a
     # higher rate lets it carry the "describe this product" format the frozen LM has to learn.
     newline = llava.model.image_newline
-    opt = torch.optim.AdamW(
-        [
-            {"params": [p for p in params if p is not newline], "base_lr": config.lr},
-            {"params": [newline], "base_lr": config.lr * config.newline_lr_scale},
-        ],
-        lr=config.lr,
-        weight_decay=config.weight_decay,
-    )
-    start = time.perf_counter()
-    losses, caption_losses = [], []
-    order: list[int] = []
-    bar = tqdm(range(config.caption_steps), desc="caption", leave=False)
-    for step in bar:
-        for g in opt.param_groups:
-            g["lr"] = g["base_lr"] * _schedule(step, config.caption_steps, config.warmup_fraction)
-        if len(order) < config.batch_size:
-            order += rng.sample(range(len(encoded)), len(encoded))
-        idx, order = order[: config.batch_size], order[config.batch_size :]
+
+    def caption_step(idx: list[int]) -> tuple[torch.Tensor, dict[str, float]]:
         batch = _collate([encoded[i] for i in idx], pad_id, len(head))
         nll, n = caption_nll(backbone, head, batch)
-        loss = nll / n
-        caption_losses.append(loss.item())
+        caption = nll / n
+        loss = caption
         if config.align_weight:
             # Keeps the image tokens readable as look words while the caption loss, which
             # most of the description's (template) tokens dominate, shapes them.
             loss = loss + config.align_weight * align_loss(idx)
-        _optimizer_step(opt, loss, params, config.max_grad_norm)
-        losses.append(loss.item())
-        if step % 10 == 0:
-            bar.set_postfix(loss=f"{_mean(caption_losses[-20:]):.3f}")
+        return loss, {"caption_loss": caption.item()}
+
+    phase = VisionPhase(
+        llava,
+        caption_step,
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+        steps=config.caption_steps,
+        warmup_fraction=config.warmup_fraction,
+        lr_scales={newline: config.newline_lr_scale},
+    )
+    seconds = fit_phase(
+        phase,
+        len(encoded),
+        batch_size=config.batch_size,
+        max_grad_norm=config.max_grad_norm,
+        seed=config.seed,
+        work_dir=work_dir / "caption",
+    )
+    losses, caption_losses = phase.history["loss"], phase.history["caption_loss"]
     record["caption"] = {
-        "seconds": round(time.perf_counter() - start, 1),
+        "seconds": seconds,
         "loss_first20": _mean(caption_losses[:20]),
         "loss_last20": _mean(caption_losses[-20:]),
         "loss_curve": [
@@ -347,6 +433,8 @@ def warm_start_item_tokens(
     pictures: Sequence[LookPicture],
     config: ItemTokenConfig | None = None,
     held_out: Sequence[LookPicture] = (),
+    *,
+    work_dir: str | Path,
 ) -> dict[str, Any]:
     """Teach the [CLS] path (tower's last layer + projector) to carry the look.
 
@@ -363,10 +451,9 @@ def warm_start_item_tokens(
 
     ``pictures`` are the synthetic catalogue's (:func:`look_pictures`) and, for a vision side
     that is not one renderer's, ``lavic.pretrain.pictures``'s; ``held_out`` pictures (drawn
-    apart) are measured before and after (:func:`nearest_word_accuracy`).
+    apart) are measured before and after (:func:`nearest_word_accuracy`). ``work_dir``: the
+    phase's trainer folder (logs, checkpoints).
     """
-    from tqdm.auto import tqdm
-
     from lavic.model.item_tokens import pixel_views
 
     config = config or ItemTokenConfig()
@@ -379,7 +466,6 @@ def warm_start_item_tokens(
     )
     for p in params:
         p.requires_grad_(True)
-    rng = random.Random(config.seed)
     torch.manual_seed(config.seed)
     start = time.perf_counter()
     views = pixel_views(backbone.processor.image_processor, [p.image for p in pictures]).half()
@@ -395,7 +481,7 @@ def warm_start_item_tokens(
         record["held_out_before"] = nearest_word_accuracy(backbone, held_out)
     record["encode_s"] = round(time.perf_counter() - start, 1)
 
-    def loss_of(idx: list[int]) -> tuple[torch.Tensor, float]:
+    def loss_of(idx: list[int]) -> tuple[torch.Tensor, dict[str, float]]:
         pv = views[idx].float()  # (B, 5, C, s, s)
         b, v = pv.shape[:2]
         flat = pv.flatten(0, 1)  # (B*5, C, s, s)
@@ -412,25 +498,27 @@ def warm_start_item_tokens(
         held = torch.cat([keep[i] for i in idx])  # (K, P, D)
         drift = (patches[mask] - held).pow(2).mean() / scale
         acc = float((logits.argmax(-1) == goal).float().mean())
-        return ce + config.mse_weight * mse + config.keep_weight * drift, acc
+        return ce + config.mse_weight * mse + config.keep_weight * drift, {"word_acc": acc}
 
-    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    llava.train()
-    losses, accs = [], []
-    bar = tqdm(range(config.steps), desc="item tokens", leave=False)
-    start = time.perf_counter()
-    for step in bar:
-        for g in opt.param_groups:
-            g["lr"] = config.lr * _schedule(step, config.steps, config.warmup_fraction)
-        idx = rng.sample(range(len(pictures)), min(config.batch_size, len(pictures)))
-        loss, acc = loss_of(idx)
-        _optimizer_step(opt, loss, params, config.max_grad_norm)
-        losses.append(loss.item())
-        accs.append(acc)
-        if step % 20 == 0:
-            bar.set_postfix(loss=f"{_mean(losses[-20:]):.3f}", word_acc=f"{_mean(accs[-20:]):.2f}")
+    phase = VisionPhase(
+        llava,
+        loss_of,
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+        steps=config.steps,
+        warmup_fraction=config.warmup_fraction,
+    )
+    seconds = fit_phase(
+        phase,
+        len(pictures),
+        batch_size=config.batch_size,
+        max_grad_norm=config.max_grad_norm,
+        seed=config.seed,
+        work_dir=work_dir,
+    )
+    losses, accs = phase.history["loss"], phase.history["word_acc"]
     record.update(
-        seconds=round(time.perf_counter() - start, 1),
+        seconds=seconds,
         loss_first20=_mean(losses[:20]),
         loss_last20=_mean(losses[-20:]),
         word_accuracy_first20=_mean(accs[:20]),
