@@ -108,6 +108,7 @@ class VisionPhase(LoRAModule):
         self.warmup = max(1, int(steps * warmup_fraction))
         self.lr_scales = lr_scales or {}
         self.history: dict[str, list[float]] = {}
+        self.seconds = 0.0  # the fit's wall time (set by fit_phase)
 
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]
@@ -132,28 +133,42 @@ class VisionPhase(LoRAModule):
 
 
 def fit_phase(
-    phase: VisionPhase,
+    llava,
+    loss_fn: Callable[[list[int]], tuple[torch.Tensor, dict[str, float]]],
     num_samples: int,
     *,
+    steps: int,
     batch_size: int,
-    max_grad_norm: float,
-    seed: int,
+    lr: float,
+    config: PretrainConfig | ItemTokenConfig,
     work_dir: Path,
-) -> float:
-    """Train ``phase`` for its ``steps`` on batches of ``num_samples``' indices (each epoch a
-    new shuffle) on the training core's trainer (CPU, float32); return the seconds it took."""
+    lr_scales: dict[torch.nn.Parameter, float] | None = None,
+) -> VisionPhase:
+    """Train ``llava``'s trainable weights for ``steps`` on ``loss_fn`` of batches of
+    ``num_samples``' indices (each epoch a new shuffle), a :class:`VisionPhase` on the training
+    core's trainer (CPU, float32; ``config`` gives the weight decay, warm-up, clipping and
+    seed). Returns the fitted phase: its :attr:`~VisionPhase.history` and ``seconds``."""
+    phase = VisionPhase(
+        llava,
+        loss_fn,
+        lr=lr,
+        weight_decay=config.weight_decay,
+        steps=steps,
+        warmup_fraction=config.warmup_fraction,
+        lr_scales=lr_scales,
+    )
     loader = make_loader(
         list(range(num_samples)),
         list,
         batch_size=min(batch_size, num_samples),
         num_workers=0,
         shuffle=True,
-        seed=seed,
+        seed=config.seed,
     )
     phase.train_sampler = loader.sampler
     args = TrainerArgs(
-        num_epochs=math.ceil(phase.steps / len(loader)),
-        max_steps=phase.steps,
+        num_epochs=math.ceil(steps / len(loader)),
+        max_steps=steps,
         batch_size=batch_size,
         precision="32-true",
         accelerator="cpu",  # tiny's pretraining: CPU-sized, its batches are built there
@@ -162,17 +177,18 @@ def fit_phase(
     )
     trainer = build_trainer(
         args,
-        model=phase.model,
+        model=llava,
         precision="32-true",
         output_dir=Path(work_dir),
-        gradient_clip_val=max_grad_norm,
+        gradient_clip_val=config.max_grad_norm,
     )
-    phase.model.train()
+    llava.train()
     start = time.perf_counter()
     trainer.fit(phase, train_dataloaders=loader)
     raise_if_interrupted(trainer)
-    phase.model.eval()
-    return round(time.perf_counter() - start, 1)
+    llava.eval()
+    phase.seconds = round(time.perf_counter() - start, 1)
+    return phase
 
 
 def pretrain(
@@ -251,25 +267,19 @@ def pretrain(
         mse = (tokens - word_emb[goal]).pow(2).mean() / scale
         return ce + config.align_mse_weight * mse
 
-    phase = VisionPhase(
+    phase = fit_phase(
         llava,
         lambda idx: (align_loss(idx), {}),
-        lr=config.align_lr,
-        weight_decay=config.weight_decay,
-        steps=config.align_steps,
-        warmup_fraction=config.warmup_fraction,
-    )
-    seconds = fit_phase(
-        phase,
         len(encoded),
+        steps=config.align_steps,
         batch_size=config.align_batch_size,
-        max_grad_norm=config.max_grad_norm,
-        seed=config.seed,
+        lr=config.align_lr,
+        config=config,
         work_dir=work_dir / "align",
     )
     losses = phase.history["loss"]
     record["align"] = {
-        "seconds": seconds,
+        "seconds": phase.seconds,
         "loss_first50": _mean(losses[:50]),
         "loss_last50": _mean(losses[-50:]),
     }
@@ -297,26 +307,20 @@ def pretrain(
             loss = loss + config.align_weight * align_loss(idx)
         return loss, {"caption_loss": caption.item()}
 
-    phase = VisionPhase(
+    phase = fit_phase(
         llava,
         caption_step,
-        lr=config.lr,
-        weight_decay=config.weight_decay,
-        steps=config.caption_steps,
-        warmup_fraction=config.warmup_fraction,
-        lr_scales={newline: config.newline_lr_scale},
-    )
-    seconds = fit_phase(
-        phase,
         len(encoded),
+        steps=config.caption_steps,
         batch_size=config.batch_size,
-        max_grad_norm=config.max_grad_norm,
-        seed=config.seed,
+        lr=config.lr,
+        config=config,
         work_dir=work_dir / "caption",
+        lr_scales={newline: config.newline_lr_scale},
     )
     losses, caption_losses = phase.history["loss"], phase.history["caption_loss"]
     record["caption"] = {
-        "seconds": seconds,
+        "seconds": phase.seconds,
         "loss_first20": _mean(caption_losses[:20]),
         "loss_last20": _mean(caption_losses[-20:]),
         "loss_curve": [
@@ -500,25 +504,19 @@ def warm_start_item_tokens(
         acc = float((logits.argmax(-1) == goal).float().mean())
         return ce + config.mse_weight * mse + config.keep_weight * drift, {"word_acc": acc}
 
-    phase = VisionPhase(
+    phase = fit_phase(
         llava,
         loss_of,
-        lr=config.lr,
-        weight_decay=config.weight_decay,
-        steps=config.steps,
-        warmup_fraction=config.warmup_fraction,
-    )
-    seconds = fit_phase(
-        phase,
         len(pictures),
+        steps=config.steps,
         batch_size=config.batch_size,
-        max_grad_norm=config.max_grad_norm,
-        seed=config.seed,
+        lr=config.lr,
+        config=config,
         work_dir=work_dir,
     )
     losses, accs = phase.history["loss"], phase.history["word_acc"]
     record.update(
-        seconds=seconds,
+        seconds=phase.seconds,
         loss_first20=_mean(losses[:20]),
         loss_last20=_mean(losses[-20:]),
         word_accuracy_first20=_mean(accs[:20]),
