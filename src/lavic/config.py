@@ -382,7 +382,7 @@ class RecommendDataArgs(_Checked):
         default="score",
         metadata={
             "help": "score: rank candidates by likelihood; constrained: "
-            "greedy over candidate IDs; generate: the seed's free "
+            "greedy over candidate IDs; generate: the reference's free "
             "greedy text + ID parsing"
         },
     )

@@ -104,7 +104,7 @@ class Args(RecommendDataArgs, InferenceArgs):
         default=None,
         metadata={
             "help": "generate only: new tokens (default: longest candidate "
-            "answer, at least the seed's 10)"
+            "answer, at least the reference's 10)"
         },
     )
     cache_dir: Path | None = field(
