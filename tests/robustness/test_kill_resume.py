@@ -133,11 +133,13 @@ def test_tune_kill_9_then_resume(stage1, catalogue, tmp_path, caplog, tally):
         _kill_when(proc, ready, "step 11")
         on_disk = torch.load(ckpt, map_location="cpu", weights_only=True)
         names = _assert_loadable(run)
-        # the first epoch's validation wrote the best artefact so far (whole: loadable), with
-        # the record that chose it; the run's metrics come only at the end
+        # the validations before the kill wrote the best artefact so far (whole: loadable), with
+        # the record that chose it: the first epoch's, or a later one's when the kill landed
+        # past the second validation (the poll above is not instant on a loaded machine); the
+        # run's metrics come only at the end
         assert "trained_lora_adapter/adapter_model.safetensors" in names
         best = json.loads((run / "trained_lora_adapter" / "metrics.json").read_text())
-        assert best["final"] is False and best["best"]["epoch"] == 0
+        assert best["final"] is False and 0 <= best["best"]["epoch"] <= on_disk["epoch"]
         assert not (run / "metrics.json").exists()
 
         assert main([str(a) for a in _tune_argv(stage1, catalogue, run, "--resume")]) == 0

@@ -629,7 +629,8 @@ def instruct(
     )
     ckpt_path = checkpoint_to_resume(work_dir / CHECKPOINT_DIR / LAST_CHECKPOINT, resume=resume)
     model.train()  # backbones load in eval mode, and Lightning keeps the mode it finds
-    trainer.fit(module, train_dataloaders=loader, ckpt_path=ckpt_path)
+    # our checkpoints hold only tensors and plain containers (the curve is numbers and strings)
+    trainer.fit(module, train_dataloaders=loader, ckpt_path=ckpt_path, weights_only=True)
     raise_if_interrupted(trainer)
     model.eval()
     record = {"config": asdict(config), "num_samples": len(train), "curve": module.curve}
