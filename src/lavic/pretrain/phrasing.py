@@ -218,6 +218,8 @@ def _look(
 ) -> str:
     adjective, noun = rng.choice(pattern.adjectives), rng.choice(pattern.nouns)
     slot = rng.choice(LOOK_SLOTS)
+    # (the spellings and slot above are drawn in generic conversations too: one random stream
+    # for both kinds, the one the shipped adapter was trained on)
     if generic:  # the common words, mostly on their own line: how the item tokens read
         colour, adjective, noun = FAMILY_OF[colour][0], pattern.adjectives[0], pattern.nouns[0]
         slot = LOOK_SLOTS[0] if rng.random() < GENERIC_LINE_RATE else slot

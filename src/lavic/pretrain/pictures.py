@@ -27,6 +27,7 @@ import colorsys
 import io
 import math
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from PIL import Image, ImageDraw, ImageFilter
@@ -50,9 +51,6 @@ COLOUR_REGIONS: tuple[tuple[str, tuple[float, float], tuple[float, float], tuple
     ("black", (0, 360), (0.0, 1.0), (0.03, 0.16)),  # so dark that the hue does not show
 )  # fmt: skip
 COLOUR_WORDS: tuple[str, ...] = tuple(r[0] for r in COLOUR_REGIONS)
-PATTERN_WORDS: tuple[str, ...] = (
-    "plain", "stripes", "dots", "checkered", "zigzag", "waves", "stars", "diamonds",
-)  # fmt: skip
 
 NEUTRAL_TRIM: tuple[RGB, ...] = ((150, 154, 160), (60, 62, 68), (210, 212, 216), (120, 110, 98))
 
@@ -100,12 +98,13 @@ def _ink(rng: random.Random, fill: RGB) -> RGB:
 
 
 # ============================================================================ patterns
-# Each draws on the whole canvas (already filled with the item's colour); the silhouette's
-# mask cuts it out afterwards. ``p`` is the pattern's period in pixels.
+# Each takes the whole canvas (already filled with the item's colour) and returns it with the
+# pattern drawn on; the silhouette's mask cuts it out afterwards. ``p`` is the pattern's period
+# in pixels.
 
 
-def _stripes(d: ImageDraw.ImageDraw, rng: random.Random, size, ink: RGB, p: int) -> None:
-    w, h = size
+def _stripes(canvas: Image.Image, rng: random.Random, ink: RGB, p: int) -> Image.Image:
+    d, (w, h) = ImageDraw.Draw(canvas), canvas.size
     width = max(2, round(p * rng.uniform(0.2, 0.5)))
     angle = rng.choice((0, 90, 45, -45))
     span = w + h
@@ -117,22 +116,24 @@ def _stripes(d: ImageDraw.ImageDraw, rng: random.Random, size, ink: RGB, p: int)
             d.rectangle([0, o, w, o + width - 1], fill=ink)
         else:  # diagonal, one way or the other
             d.line([(o, 0), (o + (h if angle == 45 else -h), h)], fill=ink, width=width)
+    return canvas
 
 
-def _dots(d: ImageDraw.ImageDraw, rng: random.Random, size, ink: RGB, p: int) -> None:
-    w, h = size
+def _dots(canvas: Image.Image, rng: random.Random, ink: RGB, p: int) -> Image.Image:
+    d, (w, h) = ImageDraw.Draw(canvas), canvas.size
     layout = rng.choice(("grid", "staggered", "scattered"))
     if layout == "scattered":
         r = max(1.5, p * rng.uniform(0.12, 0.3))
         for _ in range(int(w * h / (p * p) * rng.uniform(0.8, 2.0))):
             x, y = rng.uniform(0, w), rng.uniform(0, h)
             d.ellipse([x - r, y - r, x + r, y + r], fill=ink)
-        return
+        return canvas
     r = max(2, p * rng.uniform(0.22, 0.4))
     for row, y in enumerate(range(-p, h + p, p)):
         shift = p // 2 if layout == "staggered" and row % 2 else 0
         for x in range(-p + shift, w + p, p):
             d.ellipse([x - r, y - r, x + r, y + r], fill=ink)
+    return canvas
 
 
 def _checks(canvas: Image.Image, rng: random.Random, ink: RGB, p: int) -> Image.Image:
@@ -165,27 +166,29 @@ def _checks(canvas: Image.Image, rng: random.Random, ink: RGB, p: int) -> Image.
     return out.convert("RGB")
 
 
-def _zigzag(d: ImageDraw.ImageDraw, rng: random.Random, size, ink: RGB, p: int) -> None:
-    w, h = size
+def _zigzag(canvas: Image.Image, rng: random.Random, ink: RGB, p: int) -> Image.Image:
+    d, (w, h) = ImageDraw.Draw(canvas), canvas.size
     width = max(2, p // 4)
     for y in range(-p, h + p, p):
         pts = [
             (x, y + (p // 2 if i % 2 else 0)) for i, x in enumerate(range(-p, w + p, p // 2 or 1))
         ]
         d.line(pts, fill=ink, width=width)
+    return canvas
 
 
-def _waves(d: ImageDraw.ImageDraw, rng: random.Random, size, ink: RGB, p: int) -> None:
-    w, h = size
+def _waves(canvas: Image.Image, rng: random.Random, ink: RGB, p: int) -> Image.Image:
+    d, (w, h) = ImageDraw.Draw(canvas), canvas.size
     width = max(2, p // 4)
     amp, wavelength = p * rng.uniform(0.2, 0.35), p * rng.uniform(1.5, 3.0)
     for y in range(-p, h + p, p):
         pts = [(x, y + amp * math.sin(2 * math.pi * x / wavelength)) for x in range(0, w + 4, 3)]
         d.line(pts, fill=ink, width=width)
+    return canvas
 
 
-def _stars(d: ImageDraw.ImageDraw, rng: random.Random, size, ink: RGB, p: int) -> None:
-    w, h = size
+def _stars(canvas: Image.Image, rng: random.Random, ink: RGB, p: int) -> Image.Image:
+    d, (w, h) = ImageDraw.Draw(canvas), canvas.size
     r = p * rng.uniform(0.3, 0.45)
     for row, y in enumerate(range(-p, h + p, p)):
         for x in range(-p + (p // 2 if row % 2 else 0), w + p, p):
@@ -195,31 +198,29 @@ def _stars(d: ImageDraw.ImageDraw, rng: random.Random, size, ink: RGB, p: int) -
                 for k in range(10)
             ]  # fmt: skip
             d.polygon(pts, fill=ink)
+    return canvas
 
 
-def _diamonds(d: ImageDraw.ImageDraw, rng: random.Random, size, ink: RGB, p: int) -> None:
-    w, h = size
+def _diamonds(canvas: Image.Image, rng: random.Random, ink: RGB, p: int) -> Image.Image:
+    d, (w, h) = ImageDraw.Draw(canvas), canvas.size
     r = p * rng.uniform(0.35, 0.5)
     for row, y in enumerate(range(-p, h + p, p)):
         for x in range(-p + (p // 2 if row % 2 else 0), w + p, p):
             d.polygon([(x, y - r), (x + r * 0.7, y), (x, y + r), (x - r * 0.7, y)], fill=ink)
-
-
-def _draw_pattern(canvas: Image.Image, rng: random.Random, pattern: str, ink: RGB, p: int):
-    if pattern == "plain":
-        return canvas
-    if pattern == "checkered":
-        return _checks(canvas, rng, ink, p)
-    drawer = {
-        "stripes": _stripes,
-        "dots": _dots,
-        "zigzag": _zigzag,
-        "waves": _waves,
-        "stars": _stars,
-        "diamonds": _diamonds,
-    }[pattern]
-    drawer(ImageDraw.Draw(canvas), rng, canvas.size, ink, p)
     return canvas
+
+
+PATTERN_DRAWERS: dict[str, Callable[[Image.Image, random.Random, RGB, int], Image.Image]] = {
+    "plain": lambda canvas, rng, ink, p: canvas,
+    "stripes": _stripes,
+    "dots": _dots,
+    "checkered": _checks,
+    "zigzag": _zigzag,
+    "waves": _waves,
+    "stars": _stars,
+    "diamonds": _diamonds,
+}
+PATTERN_WORDS: tuple[str, ...] = tuple(PATTERN_DRAWERS)  # the item tokens' pattern targets
 
 
 # ============================================================================ silhouettes
@@ -331,7 +332,7 @@ def draw_picture(rng: random.Random, colour: str, pattern: str) -> Image.Image:
 
     fill = colour_in_family(rng, colour)
     period = max(6, round(min(bw, bh) / rng.uniform(4.5, 10)))
-    surface = _draw_pattern(Image.new("RGB", size, fill), rng, pattern, _ink(rng, fill), period)
+    surface = PATTERN_DRAWERS[pattern](Image.new("RGB", size, fill), rng, _ink(rng, fill), period)
     if rng.random() < 0.5:  # shading: light from one side
         shade = Image.linear_gradient("L")
         if rng.random() < 0.5:

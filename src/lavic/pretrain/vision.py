@@ -335,7 +335,6 @@ def pretrain(
         record["caption"]["loss_first20"],
         record["caption"]["loss_last20"],
     )
-    llava.eval()
     for p in params:
         p.requires_grad_(False)
     return record
@@ -481,9 +480,9 @@ def warm_start_item_tokens(
     with torch.no_grad():  # the teacher path's projected patch tokens, to be kept
         keep = [_patch_tokens(llava, views[i][real[i]].float()) for i in range(len(pictures))]
     record: dict[str, Any] = {"config": asdict(config), "num_samples": len(pictures)}
+    record["encode_s"] = round(time.perf_counter() - start, 1)
     if held_out:
         record["held_out_before"] = nearest_word_accuracy(backbone, held_out)
-    record["encode_s"] = round(time.perf_counter() - start, 1)
 
     def loss_of(idx: list[int]) -> tuple[torch.Tensor, dict[str, float]]:
         pv = views[idx].float()  # (B, 5, C, s, s)
@@ -528,7 +527,6 @@ def warm_start_item_tokens(
         record["loss_last20"],
         record["word_accuracy_last20"],
     )
-    llava.eval()
     for p in params:
         p.requires_grad_(False)
     if held_out:
